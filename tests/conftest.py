@@ -1,0 +1,20 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The LlamaGen golden fixtures live in ../shared beside the checkout (CI clones with it beside).
+FIXTURES = Path(os.environ.get("MASC_HF_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "llamagen"))
+
+
+@pytest.fixture(scope="session")
+def llamagen_fixtures() -> Path:
+    if not (FIXTURES / "README.md").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"LlamaGen fixtures not found at {FIXTURES}; set MASC_HF_FIXTURES")
+        pytest.skip(f"LlamaGen fixtures not found at {FIXTURES}; set MASC_HF_FIXTURES")
+    return FIXTURES
