@@ -1,0 +1,55 @@
+"""MASC cluster maps: the exact average-linkage tree, the baselines, the map, quality figures.
+
+Pure functions over numpy arrays (numpy + scipy; scikit-learn for the k-means baselines, imported
+when used). ``import masc_hf.clustering`` stays light: ``MASCClusterMap`` (whose base class comes
+from transformers, for diffusers) and the quality helpers load on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .codebook import LLAMAGEN_CODEBOOK_KEY, as_codebook, codebook_fingerprint, l2_normalize, read_codebook_file
+from .linkage import average_linkage, pairwise_distances
+from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, check_num_clusters, cut_linkage, run_method
+
+_LAZY = {
+    "MASCClusterMap": ".cluster_map",
+    "build_cluster_map": ".cluster_map",
+    "check_cluster_map": ".cluster_map",
+    "cluster_quality": ".quality",
+    "sampled_silhouette": ".quality",
+    "compare_methods": ".compare",
+}
+
+__all__ = [
+    "CLUSTER_METHODS",
+    "HIERARCHICAL_METHODS",
+    "LLAMAGEN_CODEBOOK_KEY",
+    "as_codebook",
+    "average_linkage",
+    "canonical_labels",
+    "check_num_clusters",
+    "codebook_fingerprint",
+    "cut_linkage",
+    "l2_normalize",
+    "pairwise_distances",
+    "read_codebook_file",
+    "run_method",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster_map import MASCClusterMap, build_cluster_map, check_cluster_map
+    from .compare import compare_methods
+    from .quality import cluster_quality, sampled_silhouette

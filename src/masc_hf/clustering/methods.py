@@ -1,0 +1,185 @@
+"""Clustering methods behind ``build_cluster_map``: MASC and the paper's baselines.
+
+Every method returns cluster labels numbered by one rule (clusters ordered by their smallest
+token id: the cluster of token 0 is 0, the next cluster met scanning token ids upward is 1, ...)
+and, for hierarchical methods, the full merge tree in scipy's linkage-matrix format.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MASCError
+from .linkage import average_linkage
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CLUSTER_METHODS",
+    "HIERARCHICAL_METHODS",
+    "Partition",
+    "canonical_labels",
+    "check_num_clusters",
+    "cut_linkage",
+    "run_method",
+]
+
+# method -> one line for --help and the model card
+CLUSTER_METHODS: dict[str, str] = {
+    "masc": "MASC: exact average linkage (UPGMA) on Euclidean distances, deterministic ties",
+    "kmeans": "k-means, scikit-learn, init='random', n_init=10, max_iter=300, tol=1e-4 (paper A.3)",
+    "kmeans++": "k-means with k-means++ seeding, otherwise as 'kmeans' (paper Table 3)",
+    "centroid": "bottom-up with centroid distance ('MASC w/ centroid', paper Table 3), scipy",
+    "single": "single linkage (MIN), scipy",
+    "complete": "complete linkage (MAX), scipy",
+    "ward": "Ward linkage, scipy",
+    "balanced-kmeans": "balanced k-means (IAR): exactly N/k tokens per cluster",
+    "random": "a seeded uniformly random partition into k non-empty clusters",
+}
+HIERARCHICAL_METHODS = ("masc", "centroid", "single", "complete", "ward")
+
+
+@dataclass
+class Partition:
+    labels: np.ndarray  # int64 [N], canonical cluster ids 0..k-1
+    tree: np.ndarray | None  # float64 [N-1, 4] linkage matrix, hierarchical methods only
+
+
+def check_num_clusters(k, num_tokens: int) -> int:
+    """``k`` as an int in ``[1, N]``, or a clear error."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        if isinstance(k, numbers.Real) and float(k).is_integer():
+            raise MASCError(f"k must be an integer, got {k!r} ({type(k).__name__}); pass k={int(k)}")
+        raise MASCError(f"k must be an integer number of clusters, got {k!r} ({type(k).__name__})")
+    k = int(k)
+    if k < 1:
+        raise MASCError(f"k must be at least 1, got k={k}")
+    if k > num_tokens:
+        raise MASCError(f"k={k} is larger than the number of tokens N={num_tokens}; choose 1 <= k <= {num_tokens}")
+    return k
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber arbitrary labels ``[N]`` so clusters are ordered by their smallest token id."""
+    labels = np.asarray(labels)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inverse.reshape(-1)]
+
+
+def cut_linkage(tree: np.ndarray, k: int) -> np.ndarray:
+    """Canonical labels ``[N]`` after the first ``N - k`` merges of a linkage matrix ``[N-1, 4]``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    tree = np.asarray(tree)
+    n = tree.shape[0] + 1
+    k = check_num_clusters(k, n)
+    children = tree[: n - k, :2].astype(np.int64)
+    # Every cluster is represented by its smallest token id (lowest leaf under it).
+    rep = np.empty(2 * n - 1, dtype=np.int64)
+    rep[:n] = np.arange(n)
+    all_children = tree[:, :2].astype(np.int64)
+    for i, (left, right) in enumerate(all_children.tolist()):
+        rep[n + i] = min(rep[left], rep[right])
+    edges = rep[children]
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    if count != k:  # only possible for a malformed tree
+        raise MASCError(f"the tree does not cut into k={k} clusters (got {count}); it is not a valid linkage matrix")
+    return canonical_labels(labels)
+
+
+def _scipy_linkage(codebook: np.ndarray, method: str) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+
+    # Raw observations: scipy computes Euclidean distances itself (required for centroid/ward).
+    return linkage(codebook, method=method, metric="euclidean")
+
+
+def _kmeans(codebook: np.ndarray, k: int, seed: int, init: str) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    model = KMeans(n_clusters=k, init=init, n_init=10, max_iter=300, tol=1e-4, random_state=seed)
+    return model.fit_predict(codebook)
+
+
+def _balanced_kmeans(codebook: np.ndarray, k: int, seed: int, max_iter: int = 50) -> np.ndarray:
+    """Equal-size k-means: k-means++ seeds, then alternate a capacity-constrained greedy assignment
+    (points that lose most by not getting their nearest centre go first; each takes its nearest
+    centre with room left) and a centroid update, until the assignment stops changing.
+    Hand-written: scikit-learn and scipy have no size-constrained k-means."""
+    from scipy.spatial.distance import cdist
+    from sklearn.cluster import kmeans_plusplus
+
+    n = codebook.shape[0]
+    if n % k:
+        raise MASCError(
+            f"balanced-kmeans needs N divisible by k (N={n}, k={k}); choose k among the divisors of N, e.g. {_divisor_near(n, k)}"
+        )
+    capacity = n // k
+    centers, _ = kmeans_plusplus(codebook, k, random_state=seed)
+    labels = np.full(n, -1, dtype=np.int64)
+    for _ in range(max_iter):
+        dist = cdist(codebook, centers, "sqeuclidean")
+        order = np.argsort(dist.min(axis=1) - dist.max(axis=1), kind="stable")
+        room = np.full(k, capacity, dtype=np.int64)
+        new = np.empty(n, dtype=np.int64)
+        full = np.zeros(k, dtype=bool)
+        for i in order.tolist():
+            row = np.where(full, np.inf, dist[i])
+            c = int(np.argmin(row))
+            new[i] = c
+            room[c] -= 1
+            if room[c] == 0:
+                full[c] = True
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        centers = np.stack([codebook[labels == c].mean(axis=0) for c in range(k)])
+    return labels
+
+
+def _divisor_near(n: int, k: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - k), d))
+
+
+def _random_partition(n: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.arange(k), rng.integers(0, k, size=n - k)])  # every cluster non-empty
+    return rng.permutation(labels)
+
+
+def run_method(codebook: np.ndarray, k: int, method: str, seed: int = 0, progress: bool = False) -> Partition:
+    """Cluster a validated float64 codebook ``[N, d]`` into ``k`` clusters with ``method``."""
+    if method not in CLUSTER_METHODS:
+        raise MASCError(f"unknown clustering method {method!r}; choose one of: {', '.join(CLUSTER_METHODS)}")
+    n = codebook.shape[0]
+    k = check_num_clusters(k, n)
+    logger.info("clustering N=%d d=%d into k=%d with %s", n, codebook.shape[1], k, method)
+    if method == "masc":
+        tree = average_linkage(codebook, progress=progress)
+        return Partition(cut_linkage(tree, k), tree)
+    if method in HIERARCHICAL_METHODS:
+        tree = _scipy_linkage(codebook, method)
+        return Partition(cut_linkage(tree, k), tree)
+    if method in ("kmeans", "kmeans++"):
+        labels = _kmeans(codebook, k, seed, init="random" if method == "kmeans" else "k-means++")
+    elif method == "balanced-kmeans":
+        labels = _balanced_kmeans(codebook, k, seed)
+    else:
+        labels = _random_partition(n, k, seed)
+    labels = canonical_labels(labels)
+    found = int(labels.max()) + 1
+    if found != k:  # k-means can leave clusters empty on degenerate codebooks (many duplicate rows)
+        raise MASCError(
+            f"{method} produced {found} non-empty clusters instead of k={k} (the codebook has too few "
+            f"distinct rows: {len(np.unique(codebook, axis=0))}); lower k or use method='masc'"
+        )
+    return Partition(labels, None)
