@@ -396,7 +396,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             tensors = {"mapping": self.mapping}
             if self.tree is not None:
                 tensors["tree"] = self.tree
-            save_file(tensors, str(tmp / TENSORS_NAME), metadata={"format": "np", "masc_hf_version": __version__})
+            save_file(tensors, str(tmp / TENSORS_NAME))  # no metadata: its key order is not stable
             config = self.to_dict()
             config["tensors_sha256"] = _sha256_file(tmp / TENSORS_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
