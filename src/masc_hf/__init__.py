@@ -8,6 +8,10 @@ only; the model classes pull in torch and transformers).
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -23,10 +27,10 @@ _LAZY = {
     "ClusterMapError": "masc_hf.errors",
     "ClusterMapMismatchError": "masc_hf.errors",
     "CodebookError": "masc_hf.errors",
+    "LlamaGenConfig": "masc_hf.models",
+    "LlamaGenForImageGeneration": "masc_hf.models",
 }
 
-# Modules that register classes with the transformers Auto* factories on import.
-_AUTO_REGISTER = ("masc_hf.models",)
 
 __all__ = ["__version__", *_LAZY]
 
@@ -43,6 +47,43 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
+# ``import masc_hf`` then ``AutoModel.from_pretrained(dir)`` must find our model type, yet importing
+# masc_hf must not pull in torch/transformers (cluster-map users never need them). So the Auto*
+# registration (importing masc_hf.models) runs as soon as transformers itself is imported.
+def _register_auto_classes() -> None:
+    try:
+        importlib.import_module("masc_hf.models")
+    except ImportError as err:  # e.g. transformers without torch: nothing to register
+        logging.getLogger(__name__).debug("masc-hf Auto classes not registered: %s", err)
+
+
+class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            loader.exec_module = exec_module
+            _register_auto_classes()
+
+        loader.exec_module = exec_then_register
+        return spec
+
+
+if "transformers" in sys.modules:
+    _register_auto_classes()
+elif not any(isinstance(f, _RegisterAfterTransformersImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterTransformersImport())
+
+
 if TYPE_CHECKING:  # pragma: no cover
     from .clustering import CLUSTER_METHODS, MASCClusterMap, build_cluster_map, cluster_quality, codebook_fingerprint
     from .errors import ClusterMapError, ClusterMapMismatchError, CodebookError, MASCError
+    from .models import LlamaGenConfig, LlamaGenForImageGeneration
