@@ -105,10 +105,9 @@ def read_codebook_file(path: str | Path, tensor: str | None = None) -> tuple[np.
         try:
             with safe_open(str(path), framework="np") as handle:
                 keys = list(handle.keys())
+                if tensor is None and LLAMAGEN_CODEBOOK_KEY in keys:
+                    tensor = LLAMAGEN_CODEBOOK_KEY
                 if tensor is None:
-                    if LLAMAGEN_CODEBOOK_KEY in keys:
-                        rows = as_codebook(handle.get_tensor(LLAMAGEN_CODEBOOK_KEY), name=f"{path}:{LLAMAGEN_CODEBOOK_KEY}")
-                        return l2_normalize(rows), f"{path.name}:{LLAMAGEN_CODEBOOK_KEY} (l2-normalised, LlamaGen VQ)"
                     two_d = [k for k in keys if len(handle.get_slice(k).get_shape()) == 2]
                     if len(two_d) != 1:
                         raise CodebookError(
@@ -120,10 +119,12 @@ def read_codebook_file(path: str | Path, tensor: str | None = None) -> tuple[np.
                     raise CodebookError(
                         f"{path} has no tensor {tensor!r}; it has: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
                     )
-                array = handle.get_tensor(tensor)
+                array = as_codebook(handle.get_tensor(tensor), name=f"{path}:{tensor}")
         except SafetensorError as err:
             raise CodebookError(f"{path} is not a readable safetensors file ({err})") from err
-        return as_codebook(array, name=f"{path}:{tensor}"), f"{path.name}:{tensor}"
+        if tensor == LLAMAGEN_CODEBOOK_KEY:  # LlamaGen looks rows up l2-normalised: cluster what it uses
+            return l2_normalize(array), f"{path.name}:{tensor} (l2-normalised, LlamaGen VQ)"
+        return array, f"{path.name}:{tensor}"
     raise CodebookError(
         f"unsupported codebook file {path.name!r}: use .npy, .safetensors, an original LlamaGen VQ "
         "checkpoint (.pt) or a diffusers VQModel directory"
