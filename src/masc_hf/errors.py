@@ -16,3 +16,16 @@ class ClusterMapError(MASCError):
 
 class ClusterMapMismatchError(MASCError):
     """A cluster map paired with a codebook, tokenizer or model it was not built for."""
+
+
+class CheckpointError(MASCError):
+    """An original checkpoint or architecture config that cannot be converted (unknown or missing
+    keys, shape mismatch, unsupported or malformed config, unreadable file)."""
+
+
+class ModelConfigError(MASCError):
+    """A LlamaGen configuration whose hyper-parameters do not describe a buildable model."""
+
+
+class ModelInputError(MASCError):
+    """A bad argument to a model's forward or generate (ids out of range, wrong length, bad sampling option)."""
