@@ -163,6 +163,12 @@ def test_map_refuses_a_foreign_codebook(cmap, codebook):
         cmap.check_codebook(other)
     with pytest.raises(ClusterMapMismatchError, match="k=32 clusters but the model expects 64"):
         check_cluster_map(cmap, num_clusters=64, what="the model")
+    check_cluster_map(cmap, num_tokens=128, num_clusters=32, fingerprint=cmap.fingerprint, codebook_fingerprint=cmap.codebook_fingerprint)
+    # same codebook and k, another partition: a model trained on one refuses the other
+    kmeans = build_cluster_map(codebook, 32, method="kmeans", compute_quality=False)
+    assert kmeans.codebook_fingerprint == cmap.codebook_fingerprint and kmeans.fingerprint != cmap.fingerprint
+    with pytest.raises(ClusterMapMismatchError, match="trained on cluster map"):
+        check_cluster_map(kmeans, num_tokens=128, num_clusters=32, fingerprint=cmap.fingerprint, what="the model")
 
 
 # ---------------------------------------------------------------- save / load

@@ -102,12 +102,16 @@ def check_cluster_map(
     num_tokens: int | None = None,
     num_clusters: int | None = None,
     fingerprint: str | None = None,
+    codebook_fingerprint: str | None = None,
     what: str = "the codebook",
 ) -> None:
     """Raise :class:`ClusterMapMismatchError` unless ``cluster_map`` fits ``what``.
 
-    Every place that pairs a map with a codebook, tokenizer or model calls this. A ``None``
-    expectation is not checked; a map without a fingerprint is only checked on sizes.
+    Every place that pairs a map with a codebook, tokenizer or model calls this. ``fingerprint``
+    is the map's own (:attr:`MASCClusterMap.fingerprint`, recorded by models trained on it);
+    ``codebook_fingerprint`` is the codebook's (:func:`codebook_fingerprint`, from a tokenizer).
+    A ``None`` expectation is not checked; a map built without a codebook fingerprint is only
+    checked on sizes and its own fingerprint.
     """
     if not isinstance(cluster_map, MASCClusterMap):
         raise ClusterMapMismatchError(
@@ -123,10 +127,19 @@ def check_cluster_map(
             f"the cluster map has k={cluster_map.num_clusters} clusters but {what} expects {num_clusters}; "
             f"use a map cut at k={num_clusters} (cluster_map.cut({num_clusters}) if it has a tree)"
         )
-    if fingerprint is not None and cluster_map.codebook_fingerprint is not None and cluster_map.codebook_fingerprint != fingerprint:
+    if (
+        codebook_fingerprint is not None
+        and cluster_map.codebook_fingerprint is not None
+        and cluster_map.codebook_fingerprint != codebook_fingerprint
+    ):
         raise ClusterMapMismatchError(
             f"the cluster map was built from codebook {cluster_map.codebook_fingerprint[:12]}... but {what} "
-            f"uses codebook {fingerprint[:12]}...; build the map from this tokenizer's codebook"
+            f"uses codebook {codebook_fingerprint[:12]}...; build the map from this tokenizer's codebook"
+        )
+    if fingerprint is not None and cluster_map.fingerprint != fingerprint:
+        raise ClusterMapMismatchError(
+            f"{what} was trained on cluster map {fingerprint[:12]}... but this map is {cluster_map.fingerprint[:12]}... "
+            f"({cluster_map.method}, k={cluster_map.num_clusters}); load the map the model was trained with"
         )
 
 
@@ -202,6 +215,14 @@ class MASCClusterMap(FeatureExtractionMixin):
     def num_clusters(self) -> int:
         return int(self.cluster_sizes.size)
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 identifying this map: over its codebook's fingerprint and the mapping (int64 LE).
+        Models record it (``config.cluster_map_fingerprint``) to refuse any other map."""
+        digest = hashlib.sha256(f"masc-map;{self.codebook_fingerprint or 'none'};".encode())
+        digest.update(np.ascontiguousarray(self.mapping, dtype="<i8").tobytes())
+        return digest.hexdigest()
+
     # transformers/diffusers components are often asked for their vocabulary size
     @property
     def vocab_size(self) -> int:
@@ -222,6 +243,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             "num_clusters": self.num_clusters,
             "codebook_dim": self.codebook_dim,
             "codebook_fingerprint": self.codebook_fingerprint,
+            "fingerprint": self.fingerprint,
             "source_tokenizer": self.source_tokenizer,
             "has_tree": self.tree is not None,
             "size_min": int(sizes.min()),
@@ -257,7 +279,7 @@ class MASCClusterMap(FeatureExtractionMixin):
     def check_codebook(self, codebook: Any, what: str = "the codebook") -> None:
         """Raise unless ``codebook [N, d]`` is the one this map was built from (N and fingerprint)."""
         array = as_codebook(codebook)
-        check_cluster_map(self, num_tokens=array.shape[0], fingerprint=codebook_fingerprint(array), what=what)
+        check_cluster_map(self, num_tokens=array.shape[0], codebook_fingerprint=codebook_fingerprint(array), what=what)
 
     # ------------------------------------------------------------------ encode / decode
     def _torch_tables(self, device):
@@ -357,6 +379,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             "num_clusters": self.num_clusters,
             "codebook_dim": self.codebook_dim,
             "codebook_fingerprint": self.codebook_fingerprint,
+            "fingerprint": self.fingerprint,
             "source_tokenizer": self.source_tokenizer,
             "seed": self.seed,
             "has_tree": self.tree is not None,
@@ -488,7 +511,7 @@ class MASCClusterMap(FeatureExtractionMixin):
                 f"{tensors_path.name} has {int(mapping.max()) + 1} clusters but {config_path.name} says "
                 f"num_clusters={config['num_clusters']}; the files do not belong together"
             )
-        return cls(
+        cluster_map = cls(
             mapping,
             tree=tensors.get("tree"),
             method=config.get("method", "unknown"),
@@ -498,6 +521,12 @@ class MASCClusterMap(FeatureExtractionMixin):
             source_tokenizer=config.get("source_tokenizer"),
             quality=config.get("quality"),
         )
+        if config.get("fingerprint") not in (None, cluster_map.fingerprint):
+            raise ClusterMapError(
+                f"{config_path.name} records map fingerprint {config['fingerprint'][:12]}... but the files give "
+                f"{cluster_map.fingerprint[:12]}...; the files do not belong together, re-save the map"
+            )
+        return cluster_map
 
     def push_to_hub(
         self,
@@ -542,6 +571,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             num_clusters=summary["num_clusters"],
             codebook_dim=summary["codebook_dim"],
             codebook_fingerprint=summary["codebook_fingerprint"] or "unknown",
+            fingerprint=self.fingerprint,
             source_tokenizer=summary["source_tokenizer"] or "unknown",
             size_min=summary["size_min"],
             size_median=_fmt(summary["size_median"]),
