@@ -29,6 +29,7 @@ _LAZY = {
     "CodebookError": "masc_hf.errors",
     "LlamaGenConfig": "masc_hf.models",
     "LlamaGenForImageGeneration": "masc_hf.models",
+    "MASCPipeline": "masc_hf.pipelines",
 }
 
 
@@ -87,3 +88,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .clustering import CLUSTER_METHODS, MASCClusterMap, build_cluster_map, cluster_quality, codebook_fingerprint
     from .errors import ClusterMapError, ClusterMapMismatchError, CodebookError, MASCError
     from .models import LlamaGenConfig, LlamaGenForImageGeneration
+    from .pipelines import MASCPipeline

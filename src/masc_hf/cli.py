@@ -127,6 +127,121 @@ def _run_compare(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- models
+@command
+def _register_convert_llamagen(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert-llamagen", help="convert an original LlamaGen class-conditional checkpoint into an HF model directory"
+    )
+    p.add_argument("--checkpoint", required=True, help="original .pt (state dict under model/ema/module) or .safetensors")
+    arch = p.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--preset", help="GPT-B, GPT-L, GPT-XL, GPT-XXL or GPT-3B, with -256 (default) or -384")
+    arch.add_argument("--config", help="JSON with LlamaGen ModelArgs fields (optionally under 'model_args')")
+    p.add_argument("--out", required=True, help="output directory (config.json + model.safetensors)")
+    p.add_argument("--cluster-map", help="cluster-map directory: write the starting point of a MASC model at its k")
+    p.add_argument("--state-dict-key", help="entry of the .pt dict holding the weights (default: model, ema, module)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast the weights (default: keep)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.set_defaults(func=_run_convert_llamagen)
+
+
+def _run_convert_llamagen(args) -> int:
+    import torch
+
+    from .models.configuration_llamagen import LlamaGenConfig
+    from .models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
+
+    config = LlamaGenConfig.from_preset(args.preset) if args.preset else load_config_file(args.config)
+    cluster_map = None
+    if args.cluster_map:
+        from .clustering import MASCClusterMap
+
+        cluster_map = MASCClusterMap.from_pretrained(args.cluster_map)
+    out = convert_llamagen_checkpoint(
+        args.checkpoint,
+        args.out,
+        config,
+        cluster_map=cluster_map,
+        state_dict_key=args.state_dict_key,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        overwrite=args.overwrite,
+    )
+    kind = f"MASC start (k={cluster_map.num_clusters})" if cluster_map is not None else "flat"
+    print(f"converted {args.checkpoint} -> {out} ({kind}); load with masc_hf + AutoModel.from_pretrained")
+    return 0
+
+
+# ---------------------------------------------------------------------------- tokenizers
+@command
+def _register_convert_vq(subparsers) -> None:
+    p = subparsers.add_parser("convert-vq", help="convert an original LlamaGen VQ tokenizer checkpoint into a diffusers VQModel directory")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="original .pt (read with weights_only) or .safetensors state dict")
+    p.add_argument("--config", metavar="FILE", help="architecture JSON (like fixtures/llamagen/vq/config.json) or a preset: VQ-16, VQ-8 (default: VQ-16)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory; loads with diffusers.VQModel.from_pretrained")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+
+    def run(args) -> int:
+        from .tokenizers.convert_vq import convert_llamagen_vq
+
+        out = convert_llamagen_vq(args.checkpoint, args.out, config=args.config, overwrite=args.overwrite)
+        print(f"saved diffusers VQModel to {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------- pipelines
+@command
+def _register_sample(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="sample an image grid from a MASCPipeline (one row per label)")
+    p.add_argument("--pipeline", required=True, help="MASCPipeline directory or Hub repo id")
+    p.add_argument("--labels", required=True, help='comma-separated class ids or names, e.g. "golden retriever,7"')
+    p.add_argument("--n", type=int, default=4, help="images per label (grid columns)")
+    p.add_argument("--out", required=True, help="output image file (.png)")
+    p.add_argument("--guidance-scale", type=float, help="default: the model's")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.set_defaults(func=_run_sample)
+
+
+def _cuda_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_sample(args) -> int:
+    import torch
+
+    from .pipelines import MASCPipeline
+    from .pipelines.grid import save_image_grid
+
+    pipe = MASCPipeline.from_pretrained(args.pipeline).to(args.device)
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    ids = pipe.get_label_ids(labels)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    images = pipe(
+        ids,
+        num_images_per_label=args.n,
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    ).images
+    names = [pipe.id2label[i].split(",")[0] for i in ids]
+    out = save_image_grid(images, rows=len(ids), row_labels=names, path=args.out)
+    print(f"wrote {out} ({len(ids)} labels x {args.n} images)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 

@@ -1,0 +1,42 @@
+"""Image grids with a class name at the start of each row."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+
+def make_image_grid(images: list[PIL.Image.Image], rows: int, row_labels: list[str] | None = None, label_width: int | None = None) -> PIL.Image.Image:
+    """Images laid out row by row (``len(images) / rows`` columns); optional label column on the left."""
+    if rows < 1 or len(images) % rows:
+        raise ValueError(f"{len(images)} images do not fill {rows} rows evenly")
+    cols = len(images) // rows
+    w, h = images[0].size
+    font = PIL.ImageFont.load_default()
+    if row_labels is not None and label_width is None:
+        probe = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+        label_width = max(int(probe.textlength(text, font=font)) for text in row_labels) + 12
+    label_width = label_width if row_labels is not None else 0
+    grid = PIL.Image.new("RGB", (label_width + cols * w, rows * h), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(image.convert("RGB"), (label_width + c * w, r * h))
+    for r, text in enumerate(row_labels or []):
+        draw.text((6, r * h + h // 2), text, fill="black", font=font, anchor="lm")
+    return grid
+
+
+def save_image_grid(images, rows: int, path: str | os.PathLike, row_labels: list[str] | None = None) -> Path:
+    """Write the grid to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_image_grid(list(images), rows, row_labels)
+    tmp = path.with_name(f".{path.name}.tmp")
+    grid.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    os.replace(tmp, path)
+    return path
