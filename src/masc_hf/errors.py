@@ -29,3 +29,9 @@ class ModelConfigError(MASCError):
 
 class ModelInputError(MASCError):
     """A bad argument to a model's forward or generate (ids out of range, wrong length, bad sampling option)."""
+
+
+class DataError(MASCError):
+    """A data source, image stream, Fashion-MNIST copy or token-code shard directory that cannot be
+    read or does not fit the request (missing files, unknown column, settings that contradict a run
+    being resumed, shards from another tokenizer)."""

@@ -1,0 +1,124 @@
+"""Speed and memory of ``LlamaGenForImageGeneration.generate`` against a no-cache baseline.
+
+Prints images/s, tokens/s and peak memory for one preset and batch size, on CPU and (when one is
+available) CUDA. The baseline recomputes the whole prefix for every token, which is what the static
+KV cache saves. Weights are random: speed does not depend on them.
+
+    python benchmarks/bench_generate.py                       # tiny random model, batch 4 (about 1-2 min on 2 CPU cores)
+    python benchmarks/bench_generate.py --preset GPT-B-256 --batch-size 8 --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import torch
+
+from masc_hf.models import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration
+
+# Small enough for a laptop CPU, shaped like a 256 px model (16 x 16 tokens, 1000 classes).
+TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
+
+
+def build_model(preset: str, device: str, dtype: torch.dtype) -> LlamaGenForImageGeneration:
+    config = LlamaGenConfig(**TINY) if preset == "tiny" else LlamaGenConfig.from_preset(preset)
+    torch.manual_seed(0)
+    model = LlamaGenForImageGeneration(config)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the reference zero-init would make sampling uniform
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@torch.no_grad()
+def generate_without_cache(model: LlamaGenForImageGeneration, labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Baseline: the same sampling, but every step re-runs the full prefix (no KV cache)."""
+    batch, guided = labels.shape[0], guidance_scale != 1.0
+    rows = torch.cat([labels, labels]) if guided else labels
+    drop = torch.arange(rows.shape[0], device=rows.device) >= batch
+    class_embeds = model.embed_classes(rows, drop)
+    tokens = torch.empty(batch, model.config.block_size, dtype=torch.long, device=labels.device)
+    for step in range(model.config.block_size):
+        prefix = tokens[:, :step].repeat(rows.shape[0] // batch, 1)
+        logits = model._decoder(torch.cat([class_embeds, model.embed_tokens(prefix)], dim=1))[:, -1]
+        if guided:
+            logits = logits[batch:] + guidance_scale * (logits[:batch] - logits[batch:])
+        tokens[:, step] = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+    return tokens
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss: peak resident set of the whole process (KiB on Linux), a coarse upper bound
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(fn, device: str, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(args: argparse.Namespace, device: str) -> None:
+    dtype = getattr(torch, args.dtype)
+    model = build_model(args.preset, device, dtype)
+    config = model.config
+    labels = torch.randint(0, config.num_classes, (args.batch_size,), generator=torch.Generator().manual_seed(0)).to(device)
+    tokens_per_run = args.batch_size * config.block_size
+    print(
+        f"\n{args.preset} ({model.num_parameters() / 1e6:.1f}M params, block_size {config.block_size}) on {device}, "
+        f"{args.dtype}, batch {args.batch_size}, guidance {args.guidance_scale}, threads {torch.get_num_threads()}"
+    )
+    candidates = {"static KV cache": lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k)}
+    if not args.no_baseline:
+        candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
+    print(f"{'method':<22}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
+    results = {}
+    for name, fn in candidates.items():
+        if name == "static KV cache":
+            fn()  # warm-up (allocator, kernels); the baseline reuses the same kernels
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        # the baseline is quadratic in block_size: one timed run is enough to show the gap
+        seconds = measure(fn, device, args.repeats if name == "static KV cache" else 1)
+        results[name] = seconds
+        print(f"{name:<22}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peak_memory_mib(device):>10.0f}")
+    if len(results) == 2:
+        print(f"speed-up of the cache: {results['no cache (baseline)'] / results['static KV cache']:.1f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=["tiny", *LLAMAGEN_PRESETS], help="model size (default: tiny random model)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, then CUDA if available")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of generate (best is reported)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        print("CUDA is not available", file=sys.stderr)
+        return 1
+    for device in devices:
+        run(args, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""LlamaGen as a transformers model: reference parity, round trips, training features, generate, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import masc_hf
+from masc_hf.errors import ClusterMapMismatchError, MASCError, ModelConfigError, ModelInputError
+from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration
+from masc_hf.models.modeling_llamagen import filter_logits, rope_2d_table, sample_next_token
+
+# ---------------------------------------------------------------------------------------------- parity
+
+
+def test_teacher_forced_logits_match_reference(tiny_model, gpt_forward):
+    logits = tiny_model(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"]).logits
+    assert logits.shape == (2, 64, 256) and logits.dtype == torch.float32
+    assert (logits - gpt_forward["logits"]).abs().max().item() <= 1e-4
+
+
+def test_null_class_logits_match_reference(tiny_model, gpt_forward):
+    assert (gpt_forward["cond_idx_null"] == tiny_model.config.null_class_id).all()
+    drop = torch.ones(2, dtype=torch.bool)
+    logits = tiny_model(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"], force_drop_ids=drop).logits
+    assert (logits - gpt_forward["logits_uncond"]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("which, scale_index", [("tokens_cfg_off", 0), ("tokens_cfg_on", 1)])
+def test_greedy_generate_matches_reference(tiny_model, gpt_generate, which, scale_index):
+    scale = gpt_generate["cfg_scales"][scale_index].item()
+    tokens = tiny_model.generate(class_labels=gpt_generate["class_labels"], guidance_scale=scale, top_k=1)
+    assert tokens.dtype == torch.long and tokens.shape == (2, tiny_model.config.block_size)
+    assert torch.equal(tokens, gpt_generate[which])
+
+
+def test_temperature_zero_is_greedy(tiny_model, gpt_generate):
+    tokens = tiny_model.generate(gpt_generate["class_labels"], guidance_scale=4.0, temperature=0)
+    assert torch.equal(tokens, gpt_generate["tokens_cfg_on"])
+
+
+def test_rope_table_follows_the_described_layout():
+    cos, sin = rope_2d_table(block_size=16, head_dim=8, theta=100.0)  # grid 4, 2 pairs per axis
+    assert cos.shape == sin.shape == (17, 4)
+    assert (cos[0] == 0).all() and (sin[0] == 0).all()  # class position zeroes q and k
+    inv_freq = [1.0, 100.0 ** (-2 / 4)]
+    for p in range(16):
+        row, col = divmod(p, 4)
+        expected = [row * inv_freq[0], row * inv_freq[1], col * inv_freq[0], col * inv_freq[1]]
+        torch.testing.assert_close(cos[p + 1], torch.cos(torch.tensor(expected)))
+        torch.testing.assert_close(sin[p + 1], torch.sin(torch.tensor(expected)))
+
+
+# ---------------------------------------------------------------------------------------------- HF plumbing
+
+
+def test_auto_classes_and_round_trip_give_identical_logits(tiny_model, gpt_forward, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    tiny_model.save_pretrained(tmp_path / "again")
+    assert AutoConfig.from_pretrained(tmp_path / "again").model_type == "masc_llamagen"
+    reloaded = AutoModel.from_pretrained(tmp_path / "again")
+    assert type(reloaded) is LlamaGenForImageGeneration and not reloaded.training
+    args = dict(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"])
+    assert torch.equal(reloaded(**args).logits, tiny_model(**args).logits)
+    same = lambda config: {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert same(reloaded.config) == same(tiny_model.config)
+    in_bf16 = AutoModel.from_pretrained(tmp_path / "again", torch_dtype=torch.bfloat16)
+    assert in_bf16.dtype == torch.bfloat16 and in_bf16(**args).logits.dtype == torch.float32
+
+
+def test_config_accepts_model_args_names_and_validates():
+    config = LlamaGenConfig.from_model_args({"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 32, "block_size": 16, "rope_base": 500})
+    assert (config.dim, config.hidden_size, config.n_layer, config.num_key_value_heads, config.rope_theta) == (64, 64, 2, 4, 500.0)
+    assert config.intermediate_size == 256  # int(8 * 64 / 3) = 170 rounded up to 256
+    with pytest.raises(ModelConfigError, match="block_size=15"):
+        LlamaGenConfig(block_size=15)
+    with pytest.raises(ModelConfigError, match="t2i"):
+        LlamaGenConfig.from_model_args({"model_type": "t2i"})
+    with pytest.raises(ModelConfigError, match="GPT-Q"):
+        LlamaGenConfig.from_preset("GPT-Q")
+
+
+def test_bf16_forward_and_generate(tiny_model, gpt_forward):
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model = model.to(torch.bfloat16).eval()
+    logits = model(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"]).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    reference = gpt_forward["logits"]
+    assert (logits - reference).abs().max() < 0.1 * reference.abs().max()
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.8
+    assert model.rotary_emb.cos.dtype == torch.float32  # the rotary table stays float32, as in the reference
+    tokens = model.generate([3, 4], guidance_scale=2.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert tokens.dtype == torch.long and tokens.shape == (2, 64) and tokens.min() >= 0 and tokens.max() < 256
+
+
+def _loss_and_grads(model, batch):
+    torch.manual_seed(0)  # the same label dropout in both runs
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_same_loss_and_grads(tiny_model, gpt_forward):
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model.train()
+    tokens = torch.cat([gpt_forward["idx"], gpt_forward["idx"][:, :1]], dim=1)
+    batch = dict(input_ids=tokens[:, :-1], class_labels=gpt_forward["cond_idx"], labels=tokens)
+    loss, grads = _loss_and_grads(model, batch)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable  # v5 / v4 name
+    enable()
+    assert all(layer.gradient_checkpointing for layer in model.layers)
+    loss_ckpt, grads_ckpt = _loss_and_grads(model, batch)
+    assert torch.equal(loss, loss_ckpt)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert "LlamaGenDecoderLayer" in model._no_split_modules
+
+
+def test_loss_is_cross_entropy_over_all_positions(tiny_model, gpt_forward):
+    labels = torch.cat([gpt_forward["idx"], gpt_forward["idx"][:, :1]], dim=1)
+    labels[0, 5] = -100
+    out = tiny_model(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"], labels=labels)
+    logits = gpt_forward["logits"]
+    log_probs = logits.log_softmax(-1)
+    keep = labels != -100
+    expected = -log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0][keep].mean()
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_regularisers_are_active_only_in_train_mode(tiny_config, gpt_forward):
+    config = LlamaGenConfig.from_dict({**tiny_config.to_dict(), "token_dropout": 0.3, "resid_dropout": 0.3, "drop_path_rate": 0.5})
+    model = LlamaGenForImageGeneration(config).eval()
+    torch.nn.init.normal_(model.lm_head.weight)
+    args = dict(input_ids=gpt_forward["idx"], class_labels=gpt_forward["cond_idx"])
+    assert torch.equal(model(**args).logits, model(**args).logits)
+    model.train()
+    assert not torch.equal(model(**args).logits, model(**args).logits)
+    assert [layer.drop_path.p for layer in model.layers] == [0.0, 0.5]  # linear schedule over the layers
+
+
+def test_label_dropout_uses_the_null_class_at_the_configured_rate(tiny_model):
+    model = LlamaGenForImageGeneration(LlamaGenConfig.from_dict({**tiny_model.config.to_dict(), "class_dropout_prob": 0.3}))
+    labels = torch.full((4000,), 3)
+    null_row = model.class_embedding.weight[model.config.num_classes]
+    model.train()
+    torch.manual_seed(0)
+    dropped = (model.embed_classes(labels)[:, 0] == null_row).all(-1).float().mean().item()
+    assert abs(dropped - 0.3) < 0.03
+    model.eval()
+    assert not (model.embed_classes(labels)[:, 0] == null_row).all(-1).any()
+
+
+# ---------------------------------------------------------------------------------------------- generate semantics
+
+
+def _teacher_forced(model, tokens, labels, drop=None):
+    return model(input_ids=tokens[:, :-1], class_labels=labels, force_drop_ids=drop).logits
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 2.5])
+def test_greedy_tokens_are_argmax_of_the_guided_teacher_forced_logits(tiny_model, scale):
+    labels = torch.tensor([0, 7, 9])
+    tokens = tiny_model.generate(labels, guidance_scale=scale, temperature=0)
+    cond = _teacher_forced(tiny_model, tokens, labels)
+    uncond = _teacher_forced(tiny_model, tokens, labels, torch.ones(3, dtype=torch.bool))
+    guided = uncond + scale * (cond - uncond)
+    assert torch.equal(guided.argmax(-1), tokens)
+
+
+def test_cfg_interval_guides_only_the_first_steps(tiny_model):
+    labels = torch.tensor([1, 2])
+    interval = 10  # prefill + decode steps 0..10 guided: tokens 0..11; later tokens conditional only
+    tokens = tiny_model.generate(labels, guidance_scale=4.0, temperature=0, cfg_interval=interval)
+    cond = _teacher_forced(tiny_model, tokens, labels)
+    uncond = _teacher_forced(tiny_model, tokens, labels, torch.ones(2, dtype=torch.bool))
+    guided = uncond + 4.0 * (cond - uncond)
+    assert torch.equal(guided[:, : interval + 2].argmax(-1), tokens[:, : interval + 2])
+    assert torch.equal(cond[:, interval + 2 :].argmax(-1), tokens[:, interval + 2 :])
+    full = tiny_model.generate(labels, guidance_scale=4.0, temperature=0)
+    assert not torch.equal(full, tokens)
+
+
+def test_sampling_is_reproducible_with_a_generator(tiny_model):
+    def run(seed):
+        return tiny_model.generate([1, 5], guidance_scale=2.0, top_p=0.9, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_generate_restores_training_mode(tiny_model):
+    tiny_model.train()
+    tiny_model.generate([1], guidance_scale=1.0, top_k=1)
+    assert tiny_model.training
+
+
+# ---------------------------------------------------------------------------------------------- sampling rules
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=2, max_size=12, unique=True),
+    top_k=st.integers(0, 14),
+    top_p=st.floats(0.01, 1.0),
+)
+def test_filter_logits_matches_a_plain_reading_of_the_rules(values, top_k, top_p):
+    logits = torch.tensor([values])
+    kept = torch.isfinite(filter_logits(logits, top_k, top_p))[0].tolist()
+
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    survivors = set(order if top_k == 0 else [i for i in order if values[i] >= values[order[min(top_k, len(values)) - 1]]])
+    ranked = [i for i in order if i in survivors]
+    if top_p < 1.0:
+        weights = [math.exp(values[i]) for i in ranked]
+        total, cumulative, nucleus = sum(weights), 0.0, []
+        for i, w in zip(ranked, weights):
+            nucleus.append(i)
+            cumulative += w / total
+            if cumulative > top_p:
+                break
+        survivors = set(nucleus)
+    assert kept == [i in survivors for i in range(len(values))]
+
+
+def test_top_k_keeps_ties_with_the_kth_value():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 2.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2))[0].tolist() == [False, True, True, True, False]
+
+
+def test_temperature_reshapes_the_sampling_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 1.0, 2.0):
+        draws = sample_next_token(logits, temperature=temperature, generator=generator)
+        frequencies = torch.bincount(draws, minlength=4).float() / draws.numel()
+        torch.testing.assert_close(frequencies, (logits[0] / temperature).softmax(-1), atol=0.015, rtol=0)
+    assert (sample_next_token(logits[:3], temperature=0) == 2).all()
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("labels", [[-1, 2], [1, 10], [1000]])
+def test_class_labels_out_of_range_are_refused(tiny_model, gpt_forward, labels):
+    with pytest.raises(ModelInputError, match=r"outside \[0, 10\)"):
+        tiny_model.generate(labels, guidance_scale=1.0)
+    with pytest.raises(ModelInputError, match=r"outside \[0, 10\)"):
+        tiny_model(input_ids=gpt_forward["idx"][: len(labels)], class_labels=torch.tensor(labels))
+
+
+@pytest.mark.parametrize("length", [62, 64, 0])
+def test_wrong_input_length_is_refused(tiny_model, length):
+    with pytest.raises(ModelInputError, match=r"\[B, 63\]") as err:
+        tiny_model(input_ids=torch.zeros(2, length, dtype=torch.long), class_labels=torch.tensor([1, 2]))
+    assert f", {length}]" in str(err.value)
+
+
+def test_input_ids_out_of_vocabulary_are_refused(tiny_model):
+    ids = torch.zeros(1, 63, dtype=torch.long)
+    ids[0, 3] = 256
+    with pytest.raises(ModelInputError, match=r"outside \[0, 256\)"):
+        tiny_model(input_ids=ids, class_labels=torch.tensor([1]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(guidance_scale=-0.5), "guidance_scale=-0.5"),
+        (dict(guidance_scale=float("nan")), "guidance_scale=nan"),
+        (dict(top_p=0.0), "top_p=0.0"),
+        (dict(top_p=1.5), "top_p=1.5"),
+        (dict(top_k=-1), "top_k=-1"),
+        (dict(temperature=-1.0), "temperature=-1.0"),
+        (dict(cfg_interval=-2), "cfg_interval=-2"),
+    ],
+)
+def test_bad_sampling_options_are_refused(tiny_model, kwargs, match):
+    with pytest.raises(ModelInputError, match=match):
+        tiny_model.generate([1], **kwargs)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(ModelInputError, MASCError) and issubclass(ModelInputError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- MASC
+
+
+def test_masc_generate_returns_fine_ids_inside_the_predicted_clusters(masc_model, tiny_cluster_map):
+    generator = torch.Generator().manual_seed(0)
+    fine, coarse = masc_model.generate([1, 2, 3], guidance_scale=3.0, cluster_map=tiny_cluster_map, return_coarse_ids=True, generator=generator)
+    assert fine.shape == coarse.shape == (3, 64) and fine.dtype == coarse.dtype == torch.long
+    assert coarse.max() < 16 and fine.max() < 256
+    assert torch.equal(tiny_cluster_map.encode(fine), coarse)
+    again = masc_model.generate([1, 2, 3], guidance_scale=3.0, cluster_map=tiny_cluster_map, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, fine)  # the same generator reproduces the fine ids too
+    assert len(torch.unique(coarse)) > 1
+
+
+def test_masc_generate_refuses_a_map_that_does_not_belong(masc_model, tiny_codebook, tiny_config, tiny_cluster_map):
+    other_codebook = masc_hf.build_cluster_map(tiny_codebook + 1.0, 16, compute_quality=False)
+    with pytest.raises(ClusterMapMismatchError, match="trained on cluster map"):
+        masc_model.generate([1], cluster_map=other_codebook)
+    other_method = masc_hf.build_cluster_map(tiny_codebook, 16, method="kmeans", compute_quality=False)
+    with pytest.raises(ClusterMapMismatchError, match="trained on cluster map"):
+        masc_model.generate([1], cluster_map=other_method)
+    with pytest.raises(ClusterMapMismatchError, match="k=8"):
+        masc_model.generate([1], cluster_map=tiny_cluster_map.cut(8))
+    smaller = masc_hf.build_cluster_map(tiny_codebook[:200], 16, compute_quality=False)
+    with pytest.raises(ClusterMapMismatchError, match="N=200"):
+        masc_model.generate([1], cluster_map=smaller)
+    flat = LlamaGenForImageGeneration(tiny_config)
+    with pytest.raises(ClusterMapMismatchError, match="flat"):
+        flat.generate([1], cluster_map=tiny_cluster_map)
+
+
+def test_masc_forward_refuses_fine_ids(masc_model):
+    with pytest.raises(ModelInputError, match="cluster map"):
+        masc_model(input_ids=torch.full((1, 63), 100), class_labels=torch.tensor([0]))
+
+
+def test_masc_config_round_trip_keeps_the_map_identity(masc_model, tiny_cluster_map, tmp_path):
+    from transformers import AutoModel
+
+    masc_model.save_pretrained(tmp_path / "masc")
+    loaded = AutoModel.from_pretrained(tmp_path / "masc")
+    assert loaded.config.is_masc and loaded.config.fine_vocab_size == 256 and loaded.config.vocab_size == 16
+    assert loaded.config.cluster_map_fingerprint == tiny_cluster_map.fingerprint
+    assert np.array_equal(loaded.lm_head.weight.detach().numpy(), masc_model.lm_head.weight.detach().numpy())
