@@ -5,6 +5,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One thread per test process: tiny models gain nothing from a second thread, and under pytest-xdist
+# (or a busy 2-core machine) two threads per worker oversubscribe the cores badly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The LlamaGen golden fixtures live in ../shared beside the checkout (CI clones with it beside).
