@@ -65,3 +65,21 @@ def test_compare_prints_one_row_per_method(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert [line.split()[0] for line in lines[header + 1 :]] == ["masc", "kmeans++", "ward", "random"]
+
+
+def test_build_map_from_pt_checkpoint_and_vqmodel_dir_agree(llamagen_fixtures, tmp_path):
+    """An original LlamaGen .pt, its .safetensors and its diffusers conversion give the same map."""
+    import torch
+    from safetensors.torch import load_file
+
+    from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
+
+    vq = llamagen_fixtures / "vq"
+    torch.save({"model": load_file(str(vq / "model.safetensors"))}, tmp_path / "vq.pt")
+    converted = convert_llamagen_vq(vq / "model.safetensors", tmp_path / "vq-diffusers", config=vq / "config.json")
+    maps = {}
+    for name, source in {"pt": tmp_path / "vq.pt", "st": vq / "model.safetensors", "dir": converted}.items():
+        assert main(["build-map", "--codebook", str(source), "--k", "32", "--out", str(tmp_path / name)]) == 0
+        maps[name] = MASCClusterMap.from_pretrained(tmp_path / name)
+    assert maps["pt"] == maps["st"] == maps["dir"]
+    assert maps["pt"].codebook_fingerprint == maps["dir"].codebook_fingerprint

@@ -63,10 +63,14 @@ def as_codebook(codebook: Any, name: str = "codebook") -> np.ndarray:
 
 
 def l2_normalize(codebook: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit length, as LlamaGen's quantizer uses them (``F.normalize``, eps 1e-12)."""
-    codebook = np.asarray(codebook)
-    norms = np.linalg.norm(codebook, axis=1, keepdims=True)
-    return codebook / np.maximum(norms, eps)
+    """Rows scaled to unit l2 norm, as LlamaGen's quantizer looks them up; ``[N, d]`` float32.
+
+    Computed in float64 and rounded once, so every loader (original ``.pt``, ``.safetensors``,
+    converted ``VQModel``) gets the same bits on any machine; within 1 ulp of
+    ``torch.nn.functional.normalize``. All-zero rows stay zero (eps 1e-12)."""
+    rows = np.asarray(codebook, dtype=np.float64)
+    norms = np.sqrt(np.einsum("nd,nd->n", rows, rows))[:, None]
+    return (rows / np.maximum(norms, eps)).astype(np.float32)
 
 
 def codebook_fingerprint(codebook: Any) -> str:

@@ -18,21 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import CodebookError
+from ..clustering.codebook import l2_normalize as l2_normalize_rows  # one implementation for every loader
 
 # Name of the codebook in LlamaGen state dicts, and in diffusers' VQModel.
 CODEBOOK_KEY = "quantize.embedding.weight"
 VQMODEL_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _VQMODEL_INDEX = VQMODEL_WEIGHTS_NAME + ".index.json"
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-
-
-def l2_normalize_rows(codebook: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit l2 norm, ``[N, d]`` float32. Computed in float64 and rounded once, so
-    the bits are reproducible across machines and BLAS builds (the two loaders rely on it);
-    within 1 ulp of ``torch.nn.functional.normalize``. All-zero rows stay zero (eps 1e-12)."""
-    rows = np.asarray(codebook, dtype=np.float64)
-    norms = np.sqrt(np.einsum("nd,nd->n", rows, rows))[:, None]
-    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def load_codebook_from_vqmodel(path_or_model: Any) -> np.ndarray:
