@@ -158,3 +158,30 @@ def test_sample_cli_writes_a_grid(masc_pipe, tmp_path, capsys):
     assert grid.size[1] == 2 * 128 and grid.size[0] > 3 * 128  # two rows, three columns plus the label column
     assert main(["sample", "--pipeline", str(tmp_path / "pipe"), "--labels", "11", "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
     assert "out of range" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_push_to_hub_uploads_the_saved_pipeline_with_its_card(flat_pipe, monkeypatch):
+    from pathlib import Path
+
+    import huggingface_hub
+
+    seen = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            folder = Path(folder_path)
+            seen["files"] = sorted(p.name for p in folder.iterdir())
+            seen["card"] = (folder / "README.md").read_text()
+            seen["loaded"] = MASCPipeline.from_pretrained(folder)
+            return "commit"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert flat_pipe.push_to_hub("org/pipe") == "commit"
+    assert {"model_index.json", "transformer", "vqvae", "README.md"} <= set(seen["files"])
+    assert "flat LlamaGen" in seen["card"] and seen["loaded"].cluster_map is None
