@@ -12,7 +12,9 @@ import importlib.abc
 import importlib.util
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -33,24 +35,13 @@ _LAZY = {
 }
 
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'masc_hf' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__, _names = attach(__name__, _LAZY)
+__all__ = ["__version__", *_names]
 
 
 # ``import masc_hf`` then ``AutoModel.from_pretrained(dir)`` must find our model type, yet importing
 # masc_hf must not pull in torch/transformers (cluster-map users never need them). So the Auto*
-# registration (importing masc_hf.models) runs as soon as transformers itself is imported.
+# registration (importing masc_hf.models) runs as soon as transformers' Auto classes are imported.
 def _register_auto_classes() -> None:
     try:
         importlib.import_module("masc_hf.models")
@@ -58,9 +49,12 @@ def _register_auto_classes() -> None:
         logging.getLogger(__name__).debug("masc-hf Auto classes not registered: %s", err)
 
 
+_AUTO_MODULE = "transformers.models.auto"
+
+
 class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "transformers":
+        if fullname != _AUTO_MODULE:
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
@@ -78,7 +72,7 @@ class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if "transformers" in sys.modules:
+if _AUTO_MODULE in sys.modules:
     _register_auto_classes()
 elif not any(isinstance(f, _RegisterAfterTransformersImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterTransformersImport())

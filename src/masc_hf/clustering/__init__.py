@@ -7,8 +7,9 @@ from transformers, for diffusers) and the quality helpers load on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 from .codebook import LLAMAGEN_CODEBOOK_KEY, as_codebook, codebook_fingerprint, l2_normalize, read_codebook_file
 from .linkage import average_linkage, pairwise_distances
@@ -39,15 +40,7 @@ __all__ = [
     "run_method",
     *_LAZY,
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__, __dir__, _ = attach(__name__, _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cluster_map import MASCClusterMap, build_cluster_map, check_cluster_map

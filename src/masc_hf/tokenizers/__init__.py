@@ -8,8 +8,9 @@ torch and diffusers on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 # public name -> module that defines it
 _LAZY = {
@@ -30,19 +31,9 @@ _LAZY = {
     "encode_images": "masc_hf.tokenizers.vq",
 }
 
-__all__ = list(_LAZY)
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'masc_hf.tokenizers' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -3,8 +3,7 @@ tokenizer trainer for the quickstart. Imports are lazy (torch, accelerate load o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import attach
 
 _LAZY = {
     "TrainingArguments": ".trainer",
@@ -15,12 +14,5 @@ _LAZY = {
     "write_pipeline": ".trainer",
 }
 
-__all__ = list(_LAZY)
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

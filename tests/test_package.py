@@ -1,0 +1,51 @@
+"""Package-level promises: light imports, Auto registration in either import order, README commands."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_cluster_maps_never_import_torch():
+    out = run_python(
+        "import sys, numpy as np, masc_hf\n"
+        "m = masc_hf.build_cluster_map(np.random.default_rng(0).normal(size=(50, 4)), 5)\n"
+        "print(m.num_clusters, 'torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    assert out.split() == ["5", "False", "False"]
+
+
+@pytest.mark.parametrize("order", ["masc_hf first", "transformers first"])
+def test_automodel_finds_our_model_type(order, tmp_path):
+    imports = "import masc_hf\nfrom transformers import AutoConfig, AutoModel\n"
+    if order == "transformers first":
+        imports = "from transformers import AutoConfig, AutoModel\nimport masc_hf\n"
+    out = run_python(
+        imports
+        + "from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration\n"
+        + "cfg = LlamaGenConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=16, num_classes=3, block_size=4, multiple_of=32)\n"
+        + f"LlamaGenForImageGeneration(cfg).save_pretrained({str(tmp_path / 'm')!r})\n"
+        + f"print(type(AutoModel.from_pretrained({str(tmp_path / 'm')!r})).__name__)\n"
+    )
+    assert out.strip() == "LlamaGenForImageGeneration"
+
+
+def test_accelerate_configs_parse():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    kinds = {p.stem: load_config_from_file(str(p)) for p in configs}
+    assert kinds["8xh100_fsdp"].fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaGenDecoderLayer"
+    assert kinds["2x8xh100_ddp"].num_machines == 2 and kinds["2x8xh100_ddp"].num_processes == 16
+    from masc_hf.models import LlamaGenForImageGeneration
+
+    assert LlamaGenForImageGeneration._no_split_modules == ["LlamaGenDecoderLayer"]
