@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from .. import __version__
+from .._io import staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
 from .codebook import as_codebook, codebook_fingerprint
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, cut_linkage, run_method
@@ -413,9 +413,7 @@ class MASCClusterMap(FeatureExtractionMixin):
                     f"{target} holds files that are not part of a cluster map ({', '.join(foreign[:5])}); "
                     "save into an empty or new directory"
                 )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with staged_dir(target) as tmp:
             tensors = {"mapping": self.mapping}
             if self.tree is not None:
                 tensors["tree"] = self.tree
@@ -424,10 +422,6 @@ class MASCClusterMap(FeatureExtractionMixin):
             config["tensors_sha256"] = _sha256_file(tmp / TENSORS_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             (tmp / CARD_NAME).write_text(self.model_card())
-            _replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         logger.info("saved %r to %s", self, target)
         if push_to_hub:
             self.push_to_hub(kwargs.get("repo_id", target.name), token=kwargs.get("token"), private=kwargs.get("private"))
@@ -601,18 +595,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``; an old ``target`` is swapped out first
-    and deleted only after the new one is in place."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / "map")
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _download(repo_id: str, **kwargs) -> tuple[str, str]:

@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import staged_dir
 from ..errors import CheckpointError
 from .configuration_llamagen import LlamaGenConfig
 from .modeling_llamagen import LlamaGenForImageGeneration
@@ -245,20 +244,12 @@ def _fresh_vocabulary_weights(config: LlamaGenConfig, seed: int, dtype: torch.dt
 
 
 def _write_atomically(out_dir: Path, config: LlamaGenConfig, weights: dict[str, torch.Tensor], overwrite: bool) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         config.architectures = [LlamaGenForImageGeneration.__name__]
         config.save_pretrained(staging)
         save_file({key: value.contiguous() for key, value in weights.items()}, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        if out_dir.exists():
-            if not overwrite and any(out_dir.iterdir()):
-                raise CheckpointError(f"output directory {str(out_dir)!r} appeared while converting; pass overwrite=True")
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
+            raise CheckpointError(f"output directory {str(out_dir)!r} appeared while converting; pass overwrite=True")
 
 
 def load_config_file(path: str | os.PathLike) -> LlamaGenConfig:

@@ -12,6 +12,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, VQModel
 from diffusers.image_processor import VaeImageProcessor
 
+from .._io import write_text_atomic
 from ..clustering import MASCClusterMap, check_cluster_map, codebook_fingerprint
 from ..errors import ClusterMapMismatchError, MASCError
 from ..models import LlamaGenForImageGeneration
@@ -157,7 +158,7 @@ class MASCPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """diffusers' save (one folder per component + model_index.json) plus a model card."""
         super().save_pretrained(save_directory, **kwargs)
-        _write_atomic(Path(save_directory) / "README.md", self.model_card())
+        write_text_atomic(Path(save_directory) / "README.md", self.model_card())
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None, token=None, create_pr: bool = False, **kwargs):
         """Save the pipeline (with its card) and upload it to the Hub repo ``repo_id``."""
@@ -242,9 +243,3 @@ def check_pipeline_components(transformer, vqvae, cluster_map) -> None:
     grid = math.isqrt(config.block_size)
     if grid * grid != config.block_size:
         raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -43,8 +43,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import CheckpointError
+from .._io import staged_dir
 from .codebook import CODEBOOK_KEY, VQMODEL_WEIGHTS_NAME, l2_normalize_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -467,33 +466,11 @@ def convert_llamagen_vq(
         raise CheckpointError(f"output {out_dir} is a file, not a directory; choose another --out")
 
     converted = convert_llamagen_vq_state_dict(load_llamagen_state_dict(checkpoint), config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         save_file(converted, staging / VQMODEL_WEIGHTS_NAME, metadata={"format": "pt"})
         empty_vqmodel(config, sample_size=sample_size).save_config(staging)
-        _replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote diffusers VQModel (%s, %d tensors) to %s", _describe(config), len(converted), out_dir)
     return out_dir
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished ``staging`` directory to ``target``, replacing what is there."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / "previous")
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(old / "previous", target)  # if this fails too, the previous output stays in `old`
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _describe(config: LlamaGenVQConfig) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._io import staged_dir
 from ..errors import MASCError
 
 logger = logging.getLogger(__name__)
@@ -296,8 +297,6 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     progress = tqdm(
         total=total_steps, initial=global_step, desc="train", unit="step", disable=not (args.progress and accelerator.is_local_main_process)
     )
-    unwrapped = accelerator.unwrap_model(model)
-    vocab = unwrapped.config.vocab_size
     last_loss = float("nan")
     tokens_seen, window_start = 0, time.perf_counter()
     history: list[dict[str, float]] = []
@@ -362,7 +361,8 @@ def train(args: TrainingArguments) -> dict[str, Any]:
         if ema is not None:
             ema.copy_to(final)
         model_dir = output_dir / "model"
-        _save_atomically(lambda tmp: final.save_pretrained(tmp), model_dir)
+        with staged_dir(model_dir) as tmp:
+            final.save_pretrained(tmp)
         summary["model_dir"] = str(model_dir)
         (output_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
         if args.vq:
@@ -380,22 +380,9 @@ def write_pipeline(model, vq_dir: str | os.PathLike, cluster_map, out_dir: Path,
     vqvae = VQModel.from_pretrained(vq_dir)
     id2label = dict(enumerate(class_names)) if class_names and len(class_names) == model.config.num_classes else None
     pipe = MASCPipeline(transformer=model.eval(), vqvae=vqvae, cluster_map=cluster_map, id2label=id2label)
-    _save_atomically(lambda tmp: pipe.save_pretrained(tmp), out_dir)
+    with staged_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp)
     return out_dir
-
-
-def _save_atomically(write, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def _save_checkpoint(accelerator, output_dir: Path, ema, step: int, epoch: int, consumed: int, loss: float, keep: int) -> None:
