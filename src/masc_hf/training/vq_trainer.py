@@ -1,0 +1,505 @@
+"""Train a small VQ image tokenizer (a diffusers ``VQModel``) on small images: the quickstart's tokenizer.
+
+The result is the same class a converted LlamaGen tokenizer is (``masc_hf.tokenizers.convert_vq``), so
+``masc_hf.tokenizers.encode_images`` / ``decode_ids``, ``save_pretrained`` and ``MASCPipeline`` take it
+unchanged. The choices, once:
+
+* **Images.** Fashion-MNIST's 28x28 grayscale images are padded with background (black) to 32x32 and
+  replicated to 3 channels: padding keeps every pixel (a resize would blur), 32 = 4 x 8 gives an
+  8x8 grid of 64 tokens at downsample 4, and 3 channels in and out is what the pipeline's
+  postprocessing and the RGB data path expect. :func:`to_vq_input` does this; crop the 2-pixel border
+  off a decoded image to get the 28x28 image back.
+* **Architecture.** Three levels of diffusers' ``DownEncoderBlock2D`` / ``UpDecoderBlock2D``
+  (downsample 4), one resnet per encoder level (two per decoder level, as in LlamaGen), attention in
+  the 8x8 mid block, narrow channels (16, 32, 32) so that a few hundred steps fit in minutes on 2 CPU
+  cores; codebook of 256 vectors of dimension 8 (LlamaGen's code dimension).
+* **l2-normalised codes (LlamaGen's lookup).** LlamaGen normalises the codebook rows and each latent
+  before the nearest-neighbour search; diffusers' ``VectorQuantizer`` normalises neither. Here the
+  codebook rows are kept at unit length (projected back after every optimiser step, and seeded from
+  unit latents), and the training forward normalises the latents before ``quantize``. For unit rows
+  ``|z - e|^2 = |z|^2 + 1 - 2 z.e``, so ``argmin_e |z - e| = argmax_e z.e = argmin_e |z/|z| - e|`` for
+  any ``z != 0``: diffusers' plain ``VQModel.encode`` + ``quantize`` on the *raw* latent picks the same
+  index as training did, and the decoder receives the same unit row. (The raw latent itself is not the
+  quantizer's input value: only the index, and so the row, agrees; the commitment loss is computed on
+  the normalised latent, as in LlamaGen.) Unit rows are also what ``build-map`` clusters.
+* **Loss.** Mean squared reconstruction error plus diffusers' quantizer loss with LlamaGen's weights:
+  codebook term ``|sg(z) - e|^2`` weight 1, commitment term ``|z - sg(e)|^2`` weight 0.25
+  (``VectorQuantizer(legacy=False)``; diffusers' default ``legacy=True`` swaps the two weights). No
+  perceptual or adversarial loss: the images are tiny and the budget is minutes.
+* **Dead codes.** The codebook starts as LlamaGen's does (random rows, normalised: directions spread
+  over the sphere; seeding it from the first batch's latents instead was slower to learn, those
+  latents of an untrained encoder being nearly parallel). Every ``reseed_every`` steps (until
+  ``reseed_until`` of the run) each code that no latent chose since the last check is re-seeded with
+  a random unit latent of the current batch, so nearly every code is in use at the end
+  (``stats["codebook_usage"]``).
+
+Deterministic for a seed on CPU (same torch build and thread count); the caller's global RNG state is
+left as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import DataError, MASCError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusers import VQModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "VQ_TRAINING_PRESETS",
+    "VQTrainingConfig",
+    "VQTrainingError",
+    "build_vqmodel",
+    "evaluate_vq_tokenizer",
+    "to_vq_input",
+    "train_vq_tokenizer",
+]
+
+
+class VQTrainingError(MASCError):
+    """VQ training settings that cannot work (bad sizes, a preset that does not exist)."""
+
+
+@dataclass(frozen=True)
+class VQTrainingConfig:
+    """Every hyper-parameter of a small VQ tokenizer and of its training run.
+
+    Architecture: ``image_size`` (model input side; images are padded to it), ``channels`` (in and
+    out), ``block_out_channels`` (one entry per level: downsample ``2 ** (levels - 1)``),
+    ``layers_per_block``, ``latent_channels``, ``norm_num_groups`` (must divide every channel count),
+    ``num_embeddings`` x ``embed_dim`` (the codebook).
+    Optimisation: ``steps`` of ``batch_size`` images, AdamW at peak ``lr`` with betas ``(0.9, 0.95)``,
+    linear warm-up over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``; dead codes re-seeded
+    every ``reseed_every`` steps during the first ``reseed_until`` fraction of the run; ``seed``.
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    layers_per_block: int = 1
+    latent_channels: int = 32
+    norm_num_groups: int = 8
+    num_embeddings: int = 256
+    embed_dim: int = 8
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    reseed_every: int = 20
+    reseed_until: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+        for name in ("image_size", "channels", "layers_per_block", "latent_channels", "norm_num_groups",
+                     "num_embeddings", "embed_dim", "steps", "batch_size", "reseed_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise VQTrainingError(f"VQ training: {name} must be a positive integer, got {value!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.reseed_until <= 1.0:
+            raise VQTrainingError(
+                f"VQ training: need warmup_steps >= 0, min_lr_ratio and reseed_until in [0, 1]; got "
+                f"{self.warmup_steps}, {self.min_lr_ratio}, {self.reseed_until}"
+            )
+        if not self.lr > 0:
+            raise VQTrainingError(f"VQ training: lr must be positive, got {self.lr!r}")
+        if not self.block_out_channels or any(c < 1 or c % self.norm_num_groups for c in self.block_out_channels):
+            raise VQTrainingError(
+                f"VQ training: every block_out_channels entry must be a positive multiple of norm_num_groups="
+                f"{self.norm_num_groups}, got {list(self.block_out_channels)}"
+            )
+        if self.image_size % self.downsample_factor:
+            raise VQTrainingError(
+                f"VQ training: image_size {self.image_size} is not a multiple of the downsample factor "
+                f"{self.downsample_factor}; pick e.g. {self.downsample_factor * math.ceil(self.image_size / self.downsample_factor)}"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.downsample_factor) ** 2
+
+    def replace(self, **changes: Any) -> VQTrainingConfig:
+        """A copy with ``changes`` applied (unknown names raise ``VQTrainingError``)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise VQTrainingError(f"VQ training: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def vqmodel_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the diffusers ``VQModel`` this config describes."""
+        levels = len(self.block_out_channels)
+        return {
+            "in_channels": self.channels,
+            "out_channels": self.channels,
+            "down_block_types": ("DownEncoderBlock2D",) * levels,
+            "up_block_types": ("UpDecoderBlock2D",) * levels,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "sample_size": self.image_size,
+            "num_vq_embeddings": self.num_embeddings,
+            "norm_num_groups": self.norm_num_groups,
+            "vq_embed_dim": self.embed_dim,
+            "mid_block_add_attention": True,
+        }
+
+
+# Sized for 2 CPU cores (about 0.45 s per step of 32 images): "quickstart" about 3 minutes, "fast"
+# about 1 minute. At this budget more steps of smaller batches beat fewer larger ones (per image the
+# cost barely changes: 64 images take about 0.65 s).
+VQ_TRAINING_PRESETS: dict[str, VQTrainingConfig] = {
+    "quickstart": VQTrainingConfig(),
+    "fast": VQTrainingConfig(steps=130, warmup_steps=10, reseed_every=10),
+}
+
+
+def build_vqmodel(config: VQTrainingConfig, seed: int | None = None) -> VQModel:
+    """A freshly initialised ``VQModel`` for ``config`` (weights from ``seed``, default ``config.seed``;
+    the global RNG state is restored afterwards)."""
+    from diffusers import VQModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed if seed is None else seed)
+        return VQModel(**config.vqmodel_kwargs())
+
+
+def to_vq_input(images: Any, image_size: int = 32, channels: int = 3) -> torch.Tensor:
+    """Small uint8 images as a tokenizer batch: ``[n, channels, image_size, image_size]`` float32 in ``[-1, 1]``.
+
+    ``images``: uint8 ``[n, H, W]`` (grayscale) or ``[n, H, W, C]`` (numpy or torch), ``H, W <=
+    image_size``. Each image is centred on a black (``-1``) canvas of ``image_size``; grayscale is
+    replicated to ``channels``. Fashion-MNIST 28x28 -> 32x32 gets 2 pixels of background per side.
+    """
+    array = _as_uint8_images(images)
+    return _pad_to_tensor(array, image_size, channels)
+
+
+@torch.no_grad()
+def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 500) -> dict[str, float]:
+    """Reconstruction quality and codebook use of ``vqmodel`` on ``images`` (e.g. the test split).
+
+    ``images``: uint8 ``[n, H, W]`` / ``[n, H, W, C]`` (padded as :func:`to_vq_input` does and compared
+    on the original ``H x W`` region, all channels against the gray image), or a float tensor
+    ``[n, C, S, S]`` in ``[-1, 1]`` (compared whole). Reconstructions are clamped to ``[-1, 1]``.
+
+    Returns ``psnr`` (dB, mean over images of ``10 log10(1 / mse)`` on a ``[0, 1]`` scale), ``mse``
+    (same scale), ``codebook_usage`` (share of the codes chosen at least once), ``used_codes`` and
+    ``perplexity`` (``exp`` of the entropy of the code frequencies; ``num_embeddings`` at best).
+    """
+    from ..tokenizers.vq import decode_ids, encode_images
+
+    image_size = vqmodel.config.sample_size
+    channels = vqmodel.config.in_channels
+    crop = None
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        inputs = images
+    else:
+        array = _as_uint8_images(images)
+        crop = array.shape[1:3]
+        inputs = None
+    was_training = vqmodel.training
+    vqmodel.eval()
+    counts = torch.zeros(vqmodel.config.num_vq_embeddings, dtype=torch.long)
+    per_image_mse = []
+    total = inputs.shape[0] if inputs is not None else array.shape[0]
+    for start in range(0, total, batch_size):
+        if inputs is not None:
+            batch = inputs[start : start + batch_size]
+        else:
+            batch = _pad_to_tensor(array[start : start + batch_size], image_size, channels)
+        ids = encode_images(vqmodel, batch)
+        counts += torch.bincount(ids.reshape(-1).cpu(), minlength=counts.numel())
+        recon = decode_ids(vqmodel, ids).float().cpu().clamp(-1, 1)
+        target = batch.float()
+        if crop is not None:
+            top, left = (image_size - crop[0]) // 2, (image_size - crop[1]) // 2
+            recon = recon[:, :, top : top + crop[0], left : left + crop[1]]
+            target = target[:, :, top : top + crop[0], left : left + crop[1]]
+        # [-1, 1] -> [0, 1]: the squared error scales by 1/4
+        per_image_mse.append(((recon - target) ** 2).mean(dim=(1, 2, 3)) / 4)
+    vqmodel.train(was_training)
+    mse = torch.cat(per_image_mse).double()
+    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    return {"psnr": float(psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
+
+
+def train_vq_tokenizer(
+    images: Any,
+    config: VQTrainingConfig | str | None = None,
+    *,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[VQModel, dict[str, Any]]:
+    """Train a small VQ tokenizer on ``images``.
+
+    Args:
+        images: uint8 ``[n, H, W]`` (grayscale, e.g. Fashion-MNIST ``[n, 28, 28]``) or ``[n, H, W, C]``,
+            numpy or torch, padded to ``config.image_size`` by :func:`to_vq_input`; or a
+            ``torch.utils.data.Dataset`` whose items are ``[C, S, S]`` float tensors in ``[-1, 1]``
+            (or tuples starting with one), already of the model's size.
+        config: a :class:`VQTrainingConfig`, or a preset name from :data:`VQ_TRAINING_PRESETS`
+            (``"quickstart"``, the default, or ``"fast"``).
+        progress: show a tqdm bar (loss, PSNR of the batch, codes in use).
+        **overrides: fields of the config to change, e.g. ``steps=100, num_embeddings=512, seed=1``.
+
+    Returns:
+        ``(vqmodel, stats)``: the trained diffusers ``VQModel`` in eval mode (float32, CPU) and a dict
+        with ``steps``, ``seconds``, ``loss`` / ``reconstruction_loss`` / ``quantizer_loss`` (per-step
+        lists), ``reseeded_codes`` (total), ``codebook_usage``, ``used_codes``, ``perplexity`` (on up to
+        4096 training images) and ``config`` (the settings as a dict).
+
+    Example::
+
+        from masc_hf.data.fashion_mnist import load_fashion_mnist
+        from masc_hf.training.vq_trainer import evaluate_vq_tokenizer, train_vq_tokenizer
+
+        vqmodel, stats = train_vq_tokenizer(load_fashion_mnist("train").images, "fast")
+        print(evaluate_vq_tokenizer(vqmodel, load_fashion_mnist("test").images[:1000]))
+        vqmodel.save_pretrained("out/vq")
+    """
+    config = _resolve_config(config, overrides)
+    source = _ImageSource(images, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = build_vqmodel(config)
+    model.train()
+    quantizer = model.quantize
+    with torch.no_grad():  # LlamaGen's init: diffusers' uniform(-1/N, 1/N) rows, l2-normalised
+        quantizer.embedding.weight.copy_(F.normalize(quantizer.embedding.weight, dim=1))
+    legacy = quantizer.legacy
+    quantizer.legacy = False  # LlamaGen's weights: codebook term 1, commitment term beta
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    sampler = _EpochSampler(len(source), config.batch_size, generator)
+
+    stats: dict[str, Any] = {"loss": [], "reconstruction_loss": [], "quantizer_loss": [], "reseeded_codes": 0}
+    counts = torch.zeros(config.num_embeddings, dtype=torch.long)
+    last_reseed_step = int(config.steps * config.reseed_until)
+    started = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="VQ tokenizer", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in bar:
+            batch = source.batch(sampler.next())
+            latents = F.normalize(model.encode(batch).latents, dim=1)
+            quant, quantizer_loss, (_, _, ids) = quantizer(latents)
+            recon = model.decode(quant, force_not_quantize=True).sample
+            reconstruction_loss = F.mse_loss(recon, batch)
+            loss = reconstruction_loss + quantizer_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                quantizer.embedding.weight.copy_(F.normalize(quantizer.embedding.weight, dim=1))
+            counts += torch.bincount(ids.reshape(-1), minlength=config.num_embeddings)
+            if (step + 1) % config.reseed_every == 0 and step + 1 <= last_reseed_step:
+                dead = torch.nonzero(counts == 0).flatten()
+                if dead.numel():
+                    _seed_codes(quantizer, latents.detach(), dead, generator)
+                    stats["reseeded_codes"] += int(dead.numel())
+                in_use = int((counts > 0).sum())
+                counts.zero_()
+            else:
+                in_use = None
+            stats["loss"].append(float(loss.detach()))
+            stats["reconstruction_loss"].append(float(reconstruction_loss.detach()))
+            stats["quantizer_loss"].append(float(quantizer_loss.detach()))
+            if progress and (step % 10 == 0 or in_use is not None):
+                postfix = {"loss": f"{stats['loss'][-1]:.4f}", "psnr": f"{_psnr_from_mse(stats['reconstruction_loss'][-1]):.1f}"}
+                if in_use is not None:
+                    postfix["codes"] = f"{in_use}/{config.num_embeddings}"
+                bar.set_postfix(postfix, refresh=False)
+    finally:
+        bar.close()
+        quantizer.legacy = legacy
+    model.eval()
+    stats["steps"] = config.steps
+    stats["seconds"] = time.perf_counter() - started
+    stats.update(_training_usage(model, source, generator))
+    stats["config"] = dataclasses.asdict(config)
+    logger.info(
+        "VQ tokenizer: %d steps in %.0f s, final reconstruction loss %.4f, %d/%d codes in use (perplexity %.0f)",
+        config.steps, stats["seconds"], stats["reconstruction_loss"][-1], stats["used_codes"], config.num_embeddings,
+        stats["perplexity"],
+    )
+    return model, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _resolve_config(config: VQTrainingConfig | str | None, overrides: dict[str, Any]) -> VQTrainingConfig:
+    if config is None:
+        config = "quickstart"
+    if isinstance(config, str):
+        if config not in VQ_TRAINING_PRESETS:
+            raise VQTrainingError(f"unknown VQ training preset {config!r}; choose one of {sorted(VQ_TRAINING_PRESETS)}")
+        config = VQ_TRAINING_PRESETS[config]
+    if not isinstance(config, VQTrainingConfig):
+        raise VQTrainingError(f"config must be a VQTrainingConfig or a preset name, got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config
+
+
+def _lr_lambda(config: VQTrainingConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def _seed_codes(quantizer: torch.nn.Module, latents: torch.Tensor, codes: torch.Tensor, generator: torch.Generator) -> None:
+    """Set codebook rows ``codes`` to distinct random unit latents of the batch (``[B, d, h, w]``)."""
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    picks = torch.randperm(flat.shape[0], generator=generator)
+    if codes.numel() > flat.shape[0]:  # more codes than latents: reuse latents, jittered to stay distinct
+        picks = picks.repeat(math.ceil(codes.numel() / flat.shape[0]))
+    rows = flat[picks[: codes.numel()]]
+    rows = rows + 1e-3 * torch.randn(rows.shape, generator=generator)
+    quantizer.embedding.weight[codes] = F.normalize(rows, dim=1)
+
+
+def _usage(counts: torch.Tensor) -> dict[str, float]:
+    total = counts.sum().clamp_min(1)
+    freq = counts.double() / total
+    entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum()
+    used = int((counts > 0).sum())
+    return {"codebook_usage": used / counts.numel(), "used_codes": used, "perplexity": float(entropy.exp())}
+
+
+@torch.no_grad()
+def _training_usage(model: VQModel, source: _ImageSource, generator: torch.Generator, limit: int = 4096) -> dict[str, float]:
+    from ..tokenizers.vq import encode_images
+
+    indices = torch.randperm(len(source), generator=generator)[:limit]
+    counts = torch.zeros(model.config.num_vq_embeddings, dtype=torch.long)
+    for start in range(0, indices.numel(), 512):
+        ids = encode_images(model, source.batch(indices[start : start + 512]))
+        counts += torch.bincount(ids.reshape(-1), minlength=counts.numel())
+    return _usage(counts)
+
+
+def _psnr_from_mse(mse_minus1_1: float) -> float:
+    return 10 * math.log10(4.0 / max(mse_minus1_1, 1e-10))
+
+
+class _EpochSampler:
+    """Batches of indices drawn without replacement, reshuffled each epoch (from ``generator``)."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator):
+        self.size, self.batch_size, self.generator = size, min(batch_size, size), generator
+        self.order, self.position = torch.randperm(size, generator=generator), 0
+
+    def next(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.size:
+            self.order, self.position = torch.randperm(self.size, generator=self.generator), 0
+        batch = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+
+class _ImageSource:
+    """Training images as batches ``[B, C, S, S]`` in ``[-1, 1]``: padded uint8 kept compact in memory
+    (60000 Fashion-MNIST images are 61 MB as uint8, 737 MB as float RGB), or a torch Dataset."""
+
+    def __init__(self, images: Any, config: VQTrainingConfig):
+        self.config = config
+        self.dataset = None
+        if isinstance(images, torch.utils.data.Dataset) and not isinstance(images, torch.Tensor):
+            self.dataset = images
+            self.size = len(images)
+            first = self._item(0)
+            expected = (config.channels, config.image_size, config.image_size)
+            if tuple(first.shape) != expected or not first.is_floating_point():
+                raise DataError(
+                    f"dataset items must be float tensors {list(expected)} in [-1, 1], got {first.dtype} "
+                    f"{list(first.shape)}; transform them (see to_vq_input) or change image_size/channels"
+                )
+        else:
+            array = _as_uint8_images(images)
+            self.images = _pad_uint8(array, config.image_size)
+            self.size = array.shape[0]
+        if self.size == 0:
+            raise DataError("no training images given")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _item(self, index: int) -> torch.Tensor:
+        item = self.dataset[index]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        return torch.as_tensor(item)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        if self.dataset is not None:
+            return torch.stack([self._item(int(i)) for i in indices]).float()
+        return _uint8_to_tensor(self.images[indices.numpy()], self.config.channels)
+
+
+def _as_uint8_images(images: Any) -> np.ndarray:
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        images = np.stack([np.asarray(image) for image in images]) if len(images) else np.zeros((0, 0, 0), np.uint8)
+    array = np.asarray(images)
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
+        raise DataError(
+            f"images must be uint8 [n, H, W] or [n, H, W, 1|3], got {array.dtype} {list(array.shape)}; "
+            "for float tensors in [-1, 1] pass a torch Dataset of [C, S, S] items"
+        )
+    return array
+
+
+def _pad_uint8(array: np.ndarray, image_size: int) -> np.ndarray:
+    height, width = array.shape[1:3]
+    if height > image_size or width > image_size:
+        raise DataError(
+            f"images of {height}x{width} do not fit the tokenizer's {image_size}x{image_size} input; "
+            "resize or crop them first, or raise image_size"
+        )
+    top, left = (image_size - height) // 2, (image_size - width) // 2
+    pad = [(0, 0), (top, image_size - height - top), (left, image_size - width - left)] + [(0, 0)] * (array.ndim - 3)
+    return np.pad(array, pad)
+
+
+def _uint8_to_tensor(array: np.ndarray, channels: int) -> torch.Tensor:
+    """uint8 ``[n, S, S]`` / ``[n, S, S, C]`` -> float32 ``[n, channels, S, S]`` in ``[-1, 1]``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(127.5).sub_(1.0)
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+    if tensor.shape[1] == channels:
+        return tensor.contiguous()
+    if tensor.shape[1] == 1:
+        return tensor.expand(-1, channels, -1, -1).contiguous()
+    if channels == 1:  # RGB -> luma (ITU-R 601-2, PIL's "L")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (tensor * weights).sum(dim=1, keepdim=True)
+    raise DataError(f"cannot turn {tensor.shape[1]}-channel images into {channels} channels")
+
+
+def _pad_to_tensor(array: np.ndarray, image_size: int, channels: int) -> torch.Tensor:
+    return _uint8_to_tensor(_pad_uint8(array, image_size), channels)
