@@ -102,14 +102,27 @@ def _scipy_linkage(codebook: np.ndarray, method: str) -> np.ndarray:
     return linkage(codebook, method=method, metric="euclidean")
 
 
-def _kmeans(codebook: np.ndarray, k: int, seed: int, init: str) -> np.ndarray:
+def _kmeans(codebook: np.ndarray, k: int, seed: int, init: str, progress: bool = False) -> np.ndarray:
+    """scikit-learn's KMeans with the paper's settings. The n_init=10 restarts run one by one on a
+    shared RandomState (exactly what KMeans(n_init=10) does inside) so a progress bar can follow them."""
     from sklearn.cluster import KMeans
+    from sklearn.utils import check_random_state
 
-    model = KMeans(n_clusters=k, init=init, n_init=10, max_iter=300, tol=1e-4, random_state=seed)
-    return model.fit_predict(codebook)
+    random_state = check_random_state(seed)
+    best_labels, best_inertia = None, None
+    restarts = range(10)
+    if progress:
+        from tqdm.auto import tqdm
+
+        restarts = tqdm(restarts, desc=f"{init} k-means restarts", unit="run")
+    for _ in restarts:
+        model = KMeans(n_clusters=k, init=init, n_init=1, max_iter=300, tol=1e-4, random_state=random_state).fit(codebook)
+        if best_inertia is None or model.inertia_ < best_inertia:
+            best_labels, best_inertia = model.labels_, model.inertia_
+    return best_labels
 
 
-def _balanced_kmeans(codebook: np.ndarray, k: int, seed: int, max_iter: int = 50) -> np.ndarray:
+def _balanced_kmeans(codebook: np.ndarray, k: int, seed: int, max_iter: int = 50, progress: bool = False) -> np.ndarray:
     """Equal-size k-means: k-means++ seeds, then alternate a capacity-constrained greedy assignment
     (points that lose most by not getting their nearest centre go first; each takes its nearest
     centre with room left) and a centroid update, until the assignment stops changing.
@@ -125,7 +138,12 @@ def _balanced_kmeans(codebook: np.ndarray, k: int, seed: int, max_iter: int = 50
     capacity = n // k
     centers, _ = kmeans_plusplus(codebook, k, random_state=seed)
     labels = np.full(n, -1, dtype=np.int64)
-    for _ in range(max_iter):
+    iterations = range(max_iter)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterations = tqdm(iterations, desc="balanced k-means", unit="iter")
+    for _ in iterations:
         dist = cdist(codebook, centers, "sqeuclidean")
         order = np.argsort(dist.min(axis=1) - dist.max(axis=1), kind="stable")
         room = np.full(k, capacity, dtype=np.int64)
@@ -170,9 +188,9 @@ def run_method(codebook: np.ndarray, k: int, method: str, seed: int = 0, progres
         tree = _scipy_linkage(codebook, method)
         return Partition(cut_linkage(tree, k), tree)
     if method in ("kmeans", "kmeans++"):
-        labels = _kmeans(codebook, k, seed, init="random" if method == "kmeans" else "k-means++")
+        labels = _kmeans(codebook, k, seed, init="random" if method == "kmeans" else "k-means++", progress=progress)
     elif method == "balanced-kmeans":
-        labels = _balanced_kmeans(codebook, k, seed)
+        labels = _balanced_kmeans(codebook, k, seed, progress=progress)
     else:
         labels = _random_partition(n, k, seed)
     labels = canonical_labels(labels)
