@@ -12,4 +12,9 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==${MASC_TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install --quiet -e ".[test]"
+# The quickstart's real data: Fashion-MNIST from Debian (elsewhere it comes from the Hub).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; the quickstart will read Fashion-MNIST from the Hub"
+fi
 python -c "import masc_hf, torch; print('masc-hf', masc_hf.__version__, '| torch', torch.__version__)"

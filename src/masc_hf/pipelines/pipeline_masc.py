@@ -48,7 +48,7 @@ class MASCPipeline(DiffusionPipeline):
         transformer: LlamaGenForImageGeneration,
         vqvae: VQModel,
         cluster_map: MASCClusterMap | None = None,
-        id2label: dict[int, str] | None = None,
+        id2label: dict | None = None,  # int -> name (JSON round trips give str keys)
     ):
         super().__init__()
         self.register_modules(transformer=transformer, vqvae=vqvae, cluster_map=cluster_map)
