@@ -14,6 +14,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("MASC_HF_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "llamagen"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine (or under xdist)
+    OpenMP threads waiting for each other make them tens of times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def llamagen_fixtures() -> Path:
     if not (FIXTURES / "README.md").is_file():

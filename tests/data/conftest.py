@@ -91,17 +91,6 @@ def tiny_vqmodel(seed: int = 0):
     ).eval()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (70x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def vqmodel():
     return tiny_vqmodel()

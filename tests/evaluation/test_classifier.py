@@ -30,16 +30,6 @@ def quadrant_images(n, seed):
     return images, labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for each
-    other make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained():
     images, labels = quadrant_images(384, seed=0)

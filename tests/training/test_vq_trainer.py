@@ -37,16 +37,6 @@ def bar_images(n, seed=0, size=6):
     return images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads waiting for each
-    other make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def block_images(n, seed=0):
     """uint8 [n, 8, 8]: each 4x4 quadrant (one token of TINY) has one of four grey levels."""
     levels = np.array([0, 85, 170, 255], dtype=np.uint8)[np.random.default_rng(seed).integers(0, 4, size=(n, 2, 2))]

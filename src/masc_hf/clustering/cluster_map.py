@@ -236,22 +236,17 @@ class MASCClusterMap(FeatureExtractionMixin):
         return self._members_flat[self._offsets[c] : self._offsets[c + 1]].copy()
 
     def summary(self) -> dict:
+        """The config's identity fields plus the cluster-size distribution."""
+        config = self.to_dict()
+        keys = ("method", "num_tokens", "num_clusters", "codebook_dim", "codebook_fingerprint", "fingerprint", "source_tokenizer", "has_tree")
         sizes = self.cluster_sizes
-        out = {
-            "method": self.method,
-            "num_tokens": self.num_tokens,
-            "num_clusters": self.num_clusters,
-            "codebook_dim": self.codebook_dim,
-            "codebook_fingerprint": self.codebook_fingerprint,
-            "fingerprint": self.fingerprint,
-            "source_tokenizer": self.source_tokenizer,
-            "has_tree": self.tree is not None,
+        return {
+            **{key: config[key] for key in keys},
             "size_min": int(sizes.min()),
             "size_median": float(np.median(sizes)),
             "size_max": int(sizes.max()),
             "singletons": int((sizes == 1).sum()),
         }
-        return out
 
     def __repr__(self) -> str:
         fp = (self.codebook_fingerprint or "none")[:12]
