@@ -9,8 +9,9 @@ The namespace is lazy: ``import masc_hf.evaluation`` imports neither torch nor s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 # public name -> module that defines it
 _LAZY = {
@@ -26,19 +27,7 @@ _LAZY = {
     "frechet_distance": "masc_hf.evaluation.frechet",
 }
 
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'masc_hf.evaluation' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
