@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -156,7 +157,7 @@ def _param_groups(model, weight_decay: float):
 
 
 def _learning_rates(args: TrainingArguments) -> tuple[float, float]:
-    family = (args.preset or "").rsplit("-", 1)[0] if args.preset and args.preset.count("-") >= 2 else (args.preset or "")
+    family = re.sub(r"-(256|384)$", "", args.preset or "")  # "GPT-XL-384" -> "GPT-XL"
     peak, final = PAPER_LR.get(family, (1e-4, 1e-5))
     peak = args.learning_rate if args.learning_rate is not None else peak
     final = args.min_learning_rate if args.min_learning_rate is not None else (final if args.learning_rate is None else peak / 10)
