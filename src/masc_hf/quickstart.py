@@ -63,17 +63,13 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     """Run the quickstart into ``out_dir``; returns the figures it printed (also in ``report.json``)."""
     import numpy as np
     import torch
-    from datasets import ClassLabel, Dataset, Features, Image
 
     from .clustering import build_cluster_map
-    from .data.extract import extract_codes
-    from .data.fashion_mnist import load_fashion_mnist
     from .evaluation.classifier import class_consistency, train_classifier
     from .pipelines import MASCPipeline
     from .pipelines.grid import save_image_grid
     from .tokenizers import export_codebook
     from .training import TrainingArguments, train
-    from .training.vq_trainer import evaluate_vq_tokenizer, train_vq_tokenizer
 
     settings = settings or QUICKSTART_PRESETS[preset]
     out = Path(out_dir)
@@ -81,43 +77,9 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     torch.manual_seed(settings.seed)
     timings: dict[str, float] = {}
 
-    t = _stage("1/6 Fashion-MNIST")
-    train_set, test_set = load_fashion_mnist("train"), load_fashion_mnist("test")
-    images, labels = train_set.images, train_set.labels
-    if settings.train_examples:
-        keep = np.random.default_rng(settings.seed).permutation(len(labels))[: settings.train_examples]
-        images, labels = images[np.sort(keep)], labels[np.sort(keep)]
-    class_names = list(train_set.class_names)
-    timings["data"] = time.perf_counter() - t
-
-    t = _stage("2/6 VQ tokenizer")
-    vq_dir = out / "vq"
-    vq_overrides = {"steps": settings.vq_steps} if settings.vq_steps else {}
-    vqvae, vq_stats = train_vq_tokenizer(
-        images, settings.vq_preset, num_embeddings=settings.num_embeddings, seed=settings.seed, progress=progress, **vq_overrides
-    )
-    vq_stats.update(evaluate_vq_tokenizer(vqvae, test_set.images[:1000]))
-    vqvae.save_pretrained(vq_dir)
-    image_size = int(vq_stats["config"]["image_size"])
-    pad = (image_size - images.shape[-1]) // 2  # the tokenizer sees 28x28 images padded (black) to 32x32
-    timings["vq"] = time.perf_counter() - t
-
-    t = _stage("3/6 token codes")
-    parquet_dir = out / "data"
-    if not (parquet_dir / "train.parquet").is_file():
-        parquet_dir.mkdir(exist_ok=True)
-        import PIL.Image
-
-        features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
-        table = Dataset.from_dict(
-            {"image": [PIL.Image.fromarray(np.pad(im, pad)) for im in images], "label": labels.tolist()}, features=features
-        )
-        tmp = parquet_dir / ".train.parquet.tmp"
-        table.to_parquet(str(tmp))
-        tmp.replace(parquet_dir / "train.parquet")
-    codes_dir = out / "codes"
-    extract_codes(parquet_dir, vqvae.eval(), codes_dir, image_size=image_size, augment="flip", batch_size=256, shard_size=20000, progress=progress)
-    timings["codes"] = time.perf_counter() - t
+    prepared = prepare_tokenizer_and_codes(out, settings, progress=progress, timings=timings)
+    train_set, test_set, class_names = prepared["train_set"], prepared["test_set"], prepared["class_names"]
+    vqvae, vq_stats, vq_dir, codes_dir = prepared["vqvae"], prepared["vq_stats"], prepared["vq_dir"], prepared["codes_dir"]
 
     t = _stage("4/6 MASC cluster map")
     codebook = export_codebook(vqvae)
@@ -178,3 +140,82 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def prepare_tokenizer_and_codes(
+    out: Path, settings: QuickstartSettings, *, progress: bool = True, timings: dict | None = None, reuse: bool = False
+) -> dict:
+    """Steps 1-3: Fashion-MNIST, the VQ tokenizer (``out/vq``) and the training codes (``out/codes``).
+
+    ``reuse``: keep a tokenizer already saved in ``out/vq`` instead of training a new one (the code
+    extraction resumes or skips by itself).
+
+    Shared with ``recipes/reproduce_table1.py``, so every Table 1 run sees the quickstart's data and
+    tokenizer. Returns the data sets, class names, the tokenizer, its figures and the two paths.
+    """
+    import numpy as np
+    import torch
+
+    from .data.extract import extract_codes
+    from .data.fashion_mnist import load_fashion_mnist
+    from .training.vq_trainer import evaluate_vq_tokenizer, train_vq_tokenizer
+
+    timings = {} if timings is None else timings
+    t = _stage("1/6 Fashion-MNIST")
+    train_set, test_set = load_fashion_mnist("train"), load_fashion_mnist("test")
+    images, labels = train_set.images, train_set.labels
+    if settings.train_examples:
+        keep = np.random.default_rng(settings.seed).permutation(len(labels))[: settings.train_examples]
+        images, labels = images[np.sort(keep)], labels[np.sort(keep)]
+    class_names = list(train_set.class_names)
+    timings["data"] = time.perf_counter() - t
+
+    t = _stage("2/6 VQ tokenizer")
+    vq_dir = out / "vq"
+    if reuse and (vq_dir / "config.json").is_file():
+        from diffusers import VQModel
+
+        vqvae = VQModel.from_pretrained(vq_dir).eval()
+        vq_stats = {"config": dict(vqvae.config), "reused": str(vq_dir)}
+        vq_stats["config"]["image_size"] = vqvae.config.sample_size
+    else:
+        vq_overrides = {"steps": settings.vq_steps} if settings.vq_steps else {}
+        vqvae, vq_stats = train_vq_tokenizer(
+            images, settings.vq_preset, num_embeddings=settings.num_embeddings, seed=settings.seed, progress=progress, **vq_overrides
+        )
+        vqvae.save_pretrained(vq_dir)
+    vq_stats.update(evaluate_vq_tokenizer(vqvae, test_set.images[:1000]))
+    image_size = int(vq_stats["config"]["image_size"])
+    pad = (image_size - images.shape[-1]) // 2  # the tokenizer sees 28x28 images padded (black) to 32x32
+    timings["vq"] = time.perf_counter() - t
+
+    t = _stage("3/6 token codes")
+    parquet_dir = write_image_parquet(images, labels, class_names, pad, out / "data", "train")
+    codes_dir = out / "codes"
+    extract_codes(parquet_dir, vqvae.eval(), codes_dir, image_size=image_size, augment="flip", batch_size=256, shard_size=20000, progress=progress)
+    timings["codes"] = time.perf_counter() - t
+    return {
+        "train_set": train_set, "test_set": test_set, "class_names": class_names, "vqvae": vqvae,
+        "vq_stats": vq_stats, "vq_dir": vq_dir, "codes_dir": codes_dir, "pad": pad, "image_size": image_size,
+    }
+
+
+def write_image_parquet(images, labels, class_names: list[str], pad: int, directory: Path, name: str) -> Path:
+    """``directory/<name>.parquet`` of uint8 gray ``images`` ``[n, H, W]`` padded (black) by ``pad``
+    pixels per side, with their labels; kept if already there. Returns ``directory``."""
+    import numpy as np
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    directory = Path(directory)
+    target = directory / f"{name}.parquet"
+    if not target.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
+        table = Dataset.from_dict(
+            {"image": [PIL.Image.fromarray(np.pad(im, pad)) for im in images], "label": [int(x) for x in labels]}, features=features
+        )
+        tmp = directory / f".{name}.parquet.tmp"
+        table.to_parquet(str(tmp))
+        tmp.replace(target)
+    return directory

@@ -126,3 +126,31 @@ def test_bad_arguments(codes_dir, tmp_path, model_config_file):
 
     with pytest.raises(ClusterMapMismatchError):
         train(args_for(codes_dir, tmp_path / "x", model_config_file, cluster_map=str(tmp_path / "map")))
+
+
+def test_eval_fn_runs_on_schedule_in_eval_mode_and_survives_resume(codes_dir, tmp_path, model_config_file):
+    calls = []
+
+    def eval_fn(step, model):
+        assert not model.training and not torch.is_grad_enabled()
+        # a metric computed from the weights, so a resumed run must reproduce it
+        calls.append(step)
+        return {"weight_sum": float(sum(p.double().sum() for p in model.parameters()))}
+
+    straight = train(args_for(codes_dir, tmp_path / "a", model_config_file, eval_every=5), eval_fn=eval_fn)
+    assert calls == [5, 10, 12]  # every eval_every steps and the last one
+    logged = json.loads((tmp_path / "a" / "eval_history.json").read_text())
+    assert [r["step"] for r in logged] == [5, 10, 12] and logged == straight["eval_history"]
+
+    # killed after step 8 (checkpoint-8 is the last complete one): the step-10 record must go
+    train(args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5), eval_fn=eval_fn)
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "checkpoint-12")
+    calls.clear()
+    resumed = train(args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5, resume="latest"), eval_fn=eval_fn)
+    assert calls == [10, 12]
+    assert resumed["eval_history"] == logged  # same steps, same weights, same metric
+    # a training loop without eval_fn writes no eval log
+    train(args_for(codes_dir, tmp_path / "c", model_config_file, max_steps=2))
+    assert not (tmp_path / "c" / "eval_history.json").exists()

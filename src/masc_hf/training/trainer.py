@@ -18,11 +18,11 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from .._io import staged_dir
+from .._io import staged_dir, write_text_atomic
 from ..errors import MASCError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ __all__ = ["TrainingArguments", "TrainingError", "latest_checkpoint", "predictio
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 EMA_NAME = "ema.safetensors"
+EVAL_HISTORY_NAME = "eval_history.json"
 
 
 class TrainingError(MASCError):
@@ -77,6 +78,7 @@ class TrainingArguments:
     keep_checkpoints: int = 2
     resume: str | None = None  # None | "latest" | a checkpoint directory
     log_every: int = 50
+    eval_every: int | None = None  # steps between calls of train(eval_fn=...); None: only at the end
     seed: int = 0
     num_workers: int = 0
     gradient_checkpointing: bool = False
@@ -198,8 +200,14 @@ class _EMA:
 
 
 # ---------------------------------------------------------------------------------------- loop
-def train(args: TrainingArguments) -> dict[str, Any]:
+def train(args: TrainingArguments, eval_fn: Callable[[int, Any], dict[str, float]] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (final step, loss, paths).
+
+    ``eval_fn(step, model)``, when given, runs on the main process every ``args.eval_every`` steps
+    and at the last step with the unwrapped model in eval mode (training mode is restored after);
+    its metrics go to ``output_dir/eval_history.json`` (``[{"step": ..., **metrics}]``, rewritten
+    atomically, kept across resumes) and to the trackers. The evaluation logs of two runs give the
+    training acceleration (:func:`masc_hf.evaluation.training_acceleration`).
 
     Checkpoints ``output_dir/checkpoint-<step>`` hold accelerate's state (model, optimiser,
     scheduler, RNG states; all loaded without unpickling objects), ``ema.safetensors`` when EMA is
@@ -301,6 +309,8 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     last_loss = float("nan")
     tokens_seen, window_start = 0, time.perf_counter()
     history: list[dict[str, float]] = []
+    eval_path = output_dir / EVAL_HISTORY_NAME
+    eval_history = [r for r in json.loads(eval_path.read_text()) if r["step"] <= global_step] if resume_dir and eval_path.is_file() else []
     model.train()
     while global_step < total_steps:
         dataset.set_epoch(epoch)
@@ -343,6 +353,14 @@ def train(args: TrainingArguments) -> dict[str, Any]:
                 if log_with:
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=global_step)
                 tokens_seen, window_start = 0, time.perf_counter()
+            if eval_fn is not None and (global_step == total_steps or (args.eval_every and global_step % args.eval_every == 0)):
+                record = {"step": global_step, **_run_eval(eval_fn, global_step, accelerator, model)} if accelerator.is_main_process else {}
+                if accelerator.is_main_process:
+                    eval_history.append(record)
+                    write_text_atomic(eval_path, json.dumps(eval_history, indent=1) + "\n")
+                    if log_with:
+                        accelerator.log({f"eval/{k}": v for k, v in record.items() if k != "step"}, step=global_step)
+                accelerator.wait_for_everyone()
             if global_step % args.checkpoint_every == 0 or global_step == total_steps:
                 _save_checkpoint(accelerator, output_dir, ema, global_step, epoch, consumed, last_loss, args.keep_checkpoints)
             if global_step >= total_steps:
@@ -356,7 +374,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
 
     # ---- final artifacts
     accelerator.wait_for_everyone()
-    summary: dict[str, Any] = {"global_step": global_step, "epoch": epoch, "loss": last_loss, "history": history}
+    summary: dict[str, Any] = {"global_step": global_step, "epoch": epoch, "loss": last_loss, "history": history, "eval_history": eval_history}
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         if ema is not None:
@@ -370,6 +388,18 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             summary["pipeline_dir"] = str(write_pipeline(final, args.vq, cluster_map, output_dir / "pipeline", manifest.class_names))
     accelerator.end_training()
     return summary
+
+
+def _run_eval(eval_fn, step: int, accelerator, model) -> dict[str, float]:
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    try:
+        with torch.no_grad():
+            metrics = eval_fn(step, unwrapped)
+    finally:
+        unwrapped.train()
+    logger.info("step %d eval: %s", step, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+    return dict(metrics)
 
 
 def write_pipeline(model, vq_dir: str | os.PathLike, cluster_map, out_dir: Path, class_names: list[str] | None = None) -> Path:
