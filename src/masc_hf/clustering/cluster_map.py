@@ -320,7 +320,15 @@ class MASCClusterMap(FeatureExtractionMixin):
         Same shape, type and device as ``coarse_ids``. ``generator``: a ``torch.Generator`` (on
         the ids' device) for torch inputs, a ``numpy.random.Generator`` for numpy inputs, or an
         int seed for either. The same generator state gives the same tokens.
+
+        ``generator`` may also be a list with one entry per row of ``coarse_ids`` ``[B, ...]``
+        (the diffusers convention for per-image seeds): row b then draws only from entry b, so its
+        tokens do not depend on the other rows. Torch generators in the list may live on any
+        device (each row's numbers are drawn there and moved to the ids' device).
         """
+        per_row = isinstance(generator, (list, tuple))
+        if per_row:
+            _check_row_generators(coarse_ids, generator)
         if _is_torch(coarse_ids):
             import torch
 
@@ -329,9 +337,12 @@ class MASCClusterMap(FeatureExtractionMixin):
             self._check_ids(coarse_ids, self.num_clusters, "cluster")
             _, members, starts, sizes = self._torch_tables(coarse_ids.device)
             ids = coarse_ids.long()
-            if isinstance(generator, int):
-                generator = torch.Generator(device=coarse_ids.device).manual_seed(generator)
-            u = torch.rand(ids.shape, generator=generator, device=ids.device, dtype=torch.float64)
+            if per_row:
+                u = _torch_row_uniforms(ids.shape, generator, ids.device)
+            else:
+                if isinstance(generator, int):
+                    generator = torch.Generator(device=coarse_ids.device).manual_seed(generator)
+                u = torch.rand(ids.shape, generator=generator, device=ids.device, dtype=torch.float64)
             size = sizes[ids]
             offset = torch.minimum((u * size).long(), size - 1)
             return members[starts[ids] + offset]
@@ -339,9 +350,14 @@ class MASCClusterMap(FeatureExtractionMixin):
         if not np.issubdtype(array.dtype, np.integer):
             raise MASCError(f"cluster ids must be integers, got dtype {array.dtype}")
         self._check_ids(array, self.num_clusters, "cluster")
-        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+        if per_row:
+            rngs = [g if isinstance(g, np.random.Generator) else np.random.default_rng(g) for g in generator]
+            u = np.stack([rng.random(array.shape[1:]) for rng in rngs]) if rngs else np.zeros(array.shape)
+        else:
+            rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+            u = rng.random(array.shape)
         size = self.cluster_sizes[array]
-        offset = np.minimum((rng.random(array.shape) * size).astype(np.int64), size - 1)
+        offset = np.minimum((u * size).astype(np.int64), size - 1)
         return self._members_flat[self._offsets[array] + offset]
 
     # ------------------------------------------------------------------ re-cutting
@@ -576,6 +592,37 @@ class MASCClusterMap(FeatureExtractionMixin):
 # ---------------------------------------------------------------------- helpers
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "device")
+
+
+def _check_row_generators(ids, generators) -> None:
+    """A per-row generator list needs ids ``[B, ...]`` and exactly B entries (generators or int seeds)."""
+    shape = tuple(ids.shape) if hasattr(ids, "shape") else np.shape(ids)
+    if len(shape) == 0 or shape[0] != len(generators):
+        raise MASCError(
+            f"a list of {len(generators)} generators needs ids of shape [{len(generators)}, ...] (one generator per row), "
+            f"got shape {list(shape)}; pass one generator per row or a single generator"
+        )
+    if _is_torch(ids):
+        import torch
+
+        kind, generator_type = "torch.Generator", torch.Generator
+    else:
+        kind, generator_type = "numpy.random.Generator", np.random.Generator
+    for g in generators:
+        if not isinstance(g, generator_type) and (isinstance(g, bool) or not isinstance(g, (int, np.integer))):
+            raise MASCError(f"per-row generators for these ids must be {kind}s or int seeds, got {type(g).__name__}")
+
+
+def _torch_row_uniforms(shape, generators, device):
+    """float64 uniforms of ``shape`` ``[B, ...]``; row b drawn from ``generators[b]`` (a generator or an int seed)."""
+    import torch
+
+    rows = []
+    for g in generators:
+        if not isinstance(g, torch.Generator):
+            g = torch.Generator(device=device).manual_seed(int(g))
+        rows.append(torch.rand(shape[1:], generator=g, device=g.device, dtype=torch.float64).to(device))
+    return torch.stack(rows) if rows else torch.zeros(shape, dtype=torch.float64, device=device)
 
 
 def _fmt(value) -> str:

@@ -268,13 +268,30 @@ def sample_next_token(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One id per row of ``logits`` ``[R, V]``: argmax when ``temperature == 0``, else a filtered multinomial draw."""
+    """One id per row of ``logits`` ``[R, V]``: argmax when ``temperature == 0``, else a filtered draw.
+
+    The draw is ``torch.multinomial`` with ``generator``; given ``uniforms`` ``[R]`` in [0, 1) it is
+    instead the inverse CDF of row r at ``uniforms[r]``, so each row depends on its own number only.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / max(temperature, 1e-5), top_k, top_p)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    if uniforms is None:
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return inverse_cdf_sample(probs, uniforms)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Row r of ``probs`` ``[R, V]`` sampled at ``uniforms[r]`` in [0, 1): the first id whose cumulative
+    probability (float64) exceeds ``uniforms[r]`` times the row total; never an id of probability 0."""
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    ids = torch.searchsorted(cdf, uniforms.to(cdf)[:, None] * total, right=True).squeeze(-1)
+    last_positive = (cdf < total).sum(dim=-1)  # rounding can put u * total on the total itself
+    return torch.minimum(ids, last_positive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +491,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         cluster_map=None,
         *,
         cfg_interval: int = -1,
@@ -493,7 +510,10 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             top_k: keep the k most likely ids (0 = all). ``top_k=1`` is greedy.
             top_p: nucleus sampling threshold in (0, 1] (1 = off).
             generator: ``torch.Generator`` on the model's device for reproducible draws (also used to
-                pick the fine id inside each cluster).
+                pick the fine id inside each cluster). Or a list of B generators (any device), one per
+                image: image b then draws only from ``generator[b]`` (``block_size`` uniforms for its
+                tokens, sampled by inverse CDF, then ``block_size`` for the cluster-map decode), so
+                it depends on its seed, label and the settings, not on the rest of the batch.
             cluster_map: a ``MASCClusterMap`` that belongs to this MASC model: the output is decoded to
                 fine codebook ids (a random member of each predicted cluster).
             cfg_interval: guide only decode steps 0..cfg_interval (prefill counted apart, as in the
@@ -514,6 +534,10 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             self._check_cluster_map(cluster_map)
         labels = self._check_class_labels(class_labels)
         batch_size = labels.shape[0]
+        # per-image generators: one uniform per image and step, drawn up front; else draws from `generator`
+        uniforms = self._row_uniforms(generator, batch_size, labels.device)
+        step_uniforms = list(uniforms.t()) if uniforms is not None else [None] * config.block_size
+        shared_generator = None if uniforms is not None else generator
 
         # guidance_scale 1: conditional rows only; 0: null rows only; otherwise both halves in one batch
         guided = guidance_scale not in (0.0, 1.0)
@@ -531,7 +555,8 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             )
             tokens = torch.empty(batch_size, config.block_size, dtype=torch.long, device=labels.device)
             logits = self._prefill(class_embeds, cache)
-            tokens[:, 0] = self._pick(logits, guided, batch_size, guidance_scale, temperature, top_k, top_p, generator)
+            sampling = (temperature, top_k, top_p, shared_generator)
+            tokens[:, 0] = self._pick(logits, guided, batch_size, guidance_scale, *sampling, step_uniforms[0])
             steps = range(config.block_size - 1)
             for step in tqdm(steps, desc="generate", disable=not progress_bar, leave=False):
                 if guided and 0 <= cfg_interval < step:
@@ -540,7 +565,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
                 rows = 2 * batch_size if guided else batch_size
                 feed = tokens[:, step].repeat(rows // batch_size)
                 logits = self._decode_one_token(feed, config.cls_token_num + step, cache)
-                tokens[:, step + 1] = self._pick(logits, guided, batch_size, guidance_scale, temperature, top_k, top_p, generator)
+                tokens[:, step + 1] = self._pick(logits, guided, batch_size, guidance_scale, *sampling, step_uniforms[step + 1])
         finally:
             self.train(was_training)
 
@@ -550,12 +575,27 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         return (fine_ids, tokens) if return_coarse_ids else fine_ids
 
     @staticmethod
-    def _pick(logits, guided, batch_size, guidance_scale, temperature, top_k, top_p, generator) -> torch.Tensor:
+    def _pick(logits, guided, batch_size, guidance_scale, temperature, top_k, top_p, generator, uniforms) -> torch.Tensor:
         """Combine the guided halves (``uncond + s * (cond - uncond)``) and sample one id per image."""
         if guided:
             cond, uncond = logits[:batch_size], logits[batch_size:]
             logits = uncond + guidance_scale * (cond - uncond)
-        return sample_next_token(logits, temperature, top_k, top_p, generator)
+        return sample_next_token(logits, temperature, top_k, top_p, generator, uniforms)
+
+    def _row_uniforms(self, generator, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """For a list of per-image generators: ``[B, block_size]`` float64 uniforms, row b from ``generator[b]``."""
+        if not isinstance(generator, (list, tuple)):
+            return None
+        if len(generator) != batch_size:
+            raise ModelInputError(
+                f"generator is a list of {len(generator)} generators but there are {batch_size} class labels; "
+                "pass one torch.Generator per image, or a single torch.Generator"
+            )
+        for g in generator:
+            if not isinstance(g, torch.Generator):
+                raise ModelInputError(f"a generator list must hold torch.Generator objects, got {type(g).__name__}")
+        size = self.config.block_size
+        return torch.stack([torch.rand(size, generator=g, device=g.device, dtype=torch.float64) for g in generator]).to(device)
 
     def _check_sampling(self, guidance_scale: float, temperature: float, top_k: int, top_p: float, cfg_interval: int) -> None:
         if not guidance_scale >= 0:  # also rejects NaN

@@ -95,7 +95,7 @@ class MASCPipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         cfg_interval: int = -1,
@@ -110,7 +110,10 @@ class MASCPipeline(DiffusionPipeline):
                 (``transformer.config.default_guidance_scale``); 1.0 turns guidance off.
             temperature, top_k, top_p: sampling controls (temperature 0 = greedy, top_k 0 = all).
             generator: a ``torch.Generator`` on the transformer's device; the same seed gives the
-                same images.
+                same images. Or a list with one generator per image (``len(class_labels) *
+                num_images_per_label``, any device): each image then depends only on its own
+                generator's seed, its label and the settings, not on the batch it is in (up to
+                float rounding: kernels may round differently for batches of another shape).
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (``[B, H, W, 3]`` float in
                 [0, 1]) or ``"pt"`` (``[B, 3, H, W]`` float in [0, 1]).
             return_dict: return an [`ImagePipelineOutput`] (else a one-element tuple).
@@ -134,6 +137,11 @@ class MASCPipeline(DiffusionPipeline):
         ids = resolve_class_labels(class_labels, self.id2label, self.transformer.config.num_classes)
         device = self.transformer.device
         labels = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
+        if isinstance(generator, (list, tuple)) and len(generator) != len(labels):
+            raise MASCError(
+                f"generator is a list of {len(generator)} generators but {len(ids)} label(s) x {num_images_per_label} "
+                f"image(s) = {len(labels)} images are asked for; pass one generator per image, or a single generator"
+            )
 
         tokens = self.transformer.generate(
             labels,
