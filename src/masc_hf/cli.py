@@ -242,6 +242,194 @@ def _run_sample(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- evaluation
+@command
+def _register_replacement_test(subparsers) -> None:
+    p = subparsers.add_parser(
+        "replacement-test",
+        help="replace every token by a random member of its cluster; PSNR/SSIM against the plain reconstruction, per map",
+    )
+    p.add_argument("--vq", required=True, metavar="DIR", help="diffusers VQModel directory (or a pipeline directory with vqvae/)")
+    p.add_argument("--maps", required=True, metavar="DIR1,DIR2", help="comma-separated cluster-map directories or Hub ids, built from --vq")
+    p.add_argument(
+        "--images", required=True, metavar="SOURCE",
+        help="fashion-mnist (its test split), a .npy uint8 array [N,H,W(,C)], a parquet file/directory, an image folder or a Hub id",
+    )
+    p.add_argument("--split", default="test", help="split of a dataset source (default: test)")
+    p.add_argument("--num-images", type=int, default=1000, help="the first N images (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the replacement draws")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--inception-weights", metavar="PATH", help="Inception weights: also report rFID")
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.set_defaults(func=_run_replacement_test)
+
+
+def _map_names(paths: list[str]) -> list[str]:
+    """Directory names; where two collide, as many trailing path parts as tell them apart."""
+    from pathlib import PurePath
+
+    parts = [PurePath(p.rstrip("/")).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{name}#{i}" for i, name in enumerate(paths)]
+
+
+def _run_replacement_test(args) -> int:
+    import json
+    import time
+
+    from .clustering import MASCClusterMap
+    from .data.extract import load_vqmodel
+    from .errors import DataError
+    from .evaluation.replacement import check_maps_against_tokenizer, format_replacement_table, replacement_test
+
+    paths = [m.strip() for m in args.maps.split(",") if m.strip()]
+    if not paths:
+        raise DataError("--maps names no cluster map; pass comma-separated map directories")
+    if args.num_images < 1:
+        raise DataError(f"--num-images must be at least 1, got {args.num_images}")
+    vqvae = load_vqmodel(args.vq, device=args.device)
+    maps = {name: MASCClusterMap.from_pretrained(path) for name, path in zip(_map_names(paths), paths)}
+    check_maps_against_tokenizer(vqvae, maps)  # before reading any image
+    if args.images.lower() in ("fashion-mnist", "fashion_mnist"):
+        from .data.fashion_mnist import load_fashion_mnist
+
+        images = load_fashion_mnist(args.split).images[: args.num_images]
+    else:
+        from .evaluation.replacement import images_as_array
+
+        images = images_as_array(
+            args.images, image_size=vqvae.config.sample_size, channels=vqvae.config.in_channels, limit=args.num_images, split=args.split
+        )
+    started = time.perf_counter()
+    results = replacement_test(
+        vqvae, maps, images, seed=args.seed, batch_size=args.batch_size, inception_weights=args.inception_weights
+    )
+    seconds = time.perf_counter() - started
+    print(format_replacement_table(results))
+    print(f"\n{len(images)} images, seed {args.seed}, {seconds:.1f} s")
+    if args.out:
+        from pathlib import Path
+
+        from ._io import write_text_atomic
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {"vq": args.vq, "maps": dict(zip(maps, paths)), "images": args.images, "num_images": len(images), "seed": args.seed}
+        write_text_atomic(out, json.dumps({"settings": settings, "results": results, "seconds": seconds}, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+@command
+def _register_gallery(subparsers) -> None:
+    p = subparsers.add_parser("gallery", help="a picture of the decoded members of a sample of clusters, one row per cluster")
+    p.add_argument("--vq", required=True, metavar="DIR", help="diffusers VQModel directory (or a pipeline directory with vqvae/)")
+    p.add_argument("--map", required=True, metavar="DIR", help="cluster-map directory or Hub id, built from --vq")
+    p.add_argument("--out", required=True, metavar="FILE", help="output image (.png)")
+    p.add_argument("--clusters", type=int, default=16, help="rows: clusters drawn at random (default: 16)")
+    p.add_argument("--members", type=int, default=8, help="tiles per row (default: 8)")
+    p.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default: 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+
+    def run(args) -> int:
+        from .clustering import MASCClusterMap
+        from .data.extract import load_vqmodel
+        from .evaluation.gallery import cluster_gallery
+        from .evaluation.replacement import check_maps_against_tokenizer
+
+        cluster_map = MASCClusterMap.from_pretrained(args.map)
+        vqvae = load_vqmodel(args.vq, device=args.device)
+        check_maps_against_tokenizer(vqvae, {_map_names([args.map])[0]: cluster_map})  # the error names the directory
+        image = cluster_gallery(
+            vqvae, cluster_map, num_clusters=args.clusters, members_per_cluster=args.members, seed=args.seed,
+            tile_size=args.tile_size, path=args.out,
+        )
+        print(f"wrote {args.out} ({image.width}x{image.height}: {min(args.clusters, cluster_map.num_clusters)} clusters of {cluster_map.method} map k={cluster_map.num_clusters})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_EVAL_METRICS = {"fid": "fid", "is": "isc", "prc": "prc", "kid": "kid"}  # --metrics name -> calculate_metrics flag
+
+
+@command
+def _register_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="FID, Inception Score, precision/recall (torch-fidelity) of samples against a reference batch"
+    )
+    p.add_argument("--samples", required=True, metavar="DIR|NPZ", help="folder of PNG samples, or an ADM .npz (arr_0: uint8 [N,H,W,3])")
+    p.add_argument(
+        "--reference", metavar="NPZ|DIR",
+        help="ADM reference batch .npz (arr_0 and/or mu, sigma: FID then uses mu, sigma), a statistics .npz "
+        "(save_statistics) or a PNG folder; needed for fid, prc, kid",
+    )
+    p.add_argument(
+        "--inception-weights", metavar="PATH",
+        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (default: $MASC_INCEPTION_WEIGHTS, else torch hub's checkpoints dir)",
+    )
+    p.add_argument("--metrics", default="fid,is,prc", help="comma-separated: fid, is, prc, kid (default: fid,is,prc)")
+    p.add_argument("--out", metavar="FILE", help="also write the metrics and settings as JSON")
+    p.add_argument("--expected-count", type=int, metavar="N", help="refuse samples of another count (the paper: 50000)")
+    p.add_argument("--expected-size", type=int, metavar="PX", help="the samples' side (default: that of the reference images)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per Inception pass (default: 64)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--cache-dir", metavar="DIR", help="keep the Inception features of file inputs here, for the next run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import json
+    import time
+
+    from .evaluation.fidelity import FidelityError, calculate_metrics, resolve_inception_weights
+
+    names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(_EVAL_METRICS))
+    if unknown or not names:
+        raise FidelityError(f"--metrics {args.metrics!r}: use a comma-separated subset of {', '.join(_EVAL_METRICS)}")
+    flags = {flag: name in names for name, flag in _EVAL_METRICS.items()}
+    weights = resolve_inception_weights(args.inception_weights)
+    started = time.perf_counter()
+    metrics = calculate_metrics(
+        args.samples, args.reference, inception_weights=weights, batch_size=args.batch_size, device=args.device,
+        expected_count=args.expected_count, expected_size=args.expected_size, cache_dir=args.cache_dir,
+        progress=not args.no_progress, **flags,
+    )
+    seconds = time.perf_counter() - started
+    rows = [("FID", "fid", None), ("IS", "is_mean", "is_std"), ("precision", "precision", None),
+            ("recall", "recall", None), ("KID", "kid_mean", "kid_std")]
+    print(f"samples:   {args.samples}\nreference: {args.reference}")
+    for label, key, spread in rows:
+        if key in metrics:
+            print(f"{label:<10} {metrics[key]:.4f}" + (f" ± {metrics[spread]:.4f}" if spread else ""))
+    print(f"({seconds:.1f} s, torch-fidelity Inception: {weights})")
+    if args.out:
+        from pathlib import Path
+
+        import torch_fidelity
+
+        from . import __version__
+        from ._io import write_text_atomic
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "metrics": metrics, "samples": args.samples, "reference": args.reference, "inception_weights": weights,
+            "expected_count": args.expected_count, "seconds": seconds,
+            "versions": {"masc_hf": __version__, "torch_fidelity": torch_fidelity.__version__},
+        }
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- quickstart
 @command
 def _register_quickstart(subparsers) -> None:
