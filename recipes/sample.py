@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0, help="0 keeps every id (the paper's setting)")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--image-size-eval", type=int, help="resize samples (bicubic) to this side, e.g. 256 for a 384 px model vs ADM's 256 px reference")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="transformer weights dtype (recorded; changes the images)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU; with several processes launch with --multi_gpu (gloo)")
     args = parser.parse_args(argv)
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         top_p=args.top_p,
         process_index=state.process_index,
         num_processes=state.num_processes,
+        image_size_eval=args.image_size_eval,
         progress=state.is_main_process,
     )
     state.wait_for_everyone()

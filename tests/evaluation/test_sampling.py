@@ -355,3 +355,17 @@ def test_recipe_samples_and_packs(pipe, reference_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert folder_bytes(out) == expected  # the pipeline's path differs, the images do not
     assert load_npz_images(tmp_path / "samples.npz", expected_count=6).shape == (6, 128, 128, 3)
+
+
+def test_image_size_eval_resizes_bicubic_and_is_recorded(pipe, reference_run, tmp_path):
+    out, _ = reference_run
+    resized = tmp_path / "resized"
+    sample_images(pipe, resized, num_per_class=2, class_labels=[0, 3, 9], seed=5, batch_size=4, guidance_scale=4.0,
+                  image_size_eval=64, progress=False)
+    settings = json.loads((resized / "sampling.json").read_text())
+    assert settings["image_size"] == 64 and settings["generated_size"] == 128 and settings["resize"] == "bicubic"
+    full = PIL.Image.open(out / "000004.png")
+    assert np.array_equal(np.asarray(PIL.Image.open(resized / "000004.png")), np.asarray(full.resize((64, 64), PIL.Image.BICUBIC)))
+    assert pack_npz(resized, tmp_path / "r.npz") and np.load(tmp_path / "r.npz")["arr_0"].shape == (6, 64, 64, 3)
+    with pytest.raises(SampleError, match="image_size_eval"):
+        sample_images(pipe, tmp_path / "bad", num_per_class=1, class_labels=[0], image_size_eval=0, progress=False)

@@ -114,6 +114,7 @@ def sample_images(
     top_p: float = 1.0,
     process_index: int = 0,
     num_processes: int = 1,
+    image_size_eval: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Draw this process's share of ``num_per_class`` images per class into ``out_dir`` (resumable).
@@ -130,6 +131,9 @@ def sample_images(
             (``guidance_scale=None``: the model's default, recorded as its value).
         process_index, num_processes: this process draws the images ``i % num_processes == process_index``
             (like ``batch_size``: keep them when resuming for byte-identical results).
+        image_size_eval: resize the images (PIL bicubic) to this square side before saving, as
+            LlamaGen does to evaluate its 384 px models against the 256 px reference batch; ``None``
+            keeps the pipeline's size.
         progress: show a progress bar.
 
     Returns:
@@ -154,6 +158,9 @@ def sample_images(
         raise SampleError("class_labels is empty; pass at least one class, or None for every class of the model")
     num_images = len(labels) * num_per_class
     settings = _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images)
+    if image_size_eval is not None:
+        _check_positive_int("image_size_eval", image_size_eval)
+        settings.update(generated_size=settings["image_size"], image_size=image_size_eval, resize="bicubic")
     settings.update(batch_size=batch_size, num_processes=num_processes)  # recorded, not required to match
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +182,8 @@ def sample_images(
         if new_run:  # written once the pipeline has accepted the settings; every process writes the same
             write_text_atomic(out_dir / SETTINGS_NAME, json.dumps(settings, indent=2) + "\n")
             new_run = False
+        if image_size_eval is not None and image_size_eval != pipe.image_size:
+            images = [image.resize((image_size_eval, image_size_eval), PIL.Image.BICUBIC) for image in images]
         missing = [(index, image) for index, image in zip(batch, images) if index not in done]
         for index, image in missing:
             _save_png_atomic(image, image_path(out_dir, index))
