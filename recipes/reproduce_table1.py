@@ -382,7 +382,7 @@ def _plot(settings: Table1Settings, by_method: dict[str, list[dict]], out: Path)
     }
     return [
         plot_training_curves({f"{m} (seed {r['seed']})": r["train_history"] for m, r in first_seed.items()}, out / "table1_fashion_mnist_training.png"),
-        plot_entropy_per_position(per_position, out / "table1_fashion_mnist_entropy_per_position.png", title="normalised prediction entropy per position (test codes)"),
+        plot_entropy_per_position(per_position, out / "table1_fashion_mnist_entropy_per_position.png", title="normalised prediction entropy per position (test codes)", unit="entropy / log2(V)"),
         plot_metric_vs_step(logs, "fid", out / "table1_fashion_mnist_fid.png", reference={"flat, final": flat_final}, lower_is_better=True),
         plot_metric_vs_step(logs, "class_consistency", out / "table1_fashion_mnist_consistency.png", lower_is_better=False),
     ]

@@ -50,14 +50,20 @@ def plot_training_curves(
 
 
 def plot_entropy_per_position(
-    entropy: Any, path: str | os.PathLike, *, grid: tuple[int, int] | None = None, title: str = "prediction entropy (bits)"
+    entropy: Any,
+    path: str | os.PathLike,
+    *,
+    grid: tuple[int, int] | None = None,
+    title: str = "prediction entropy (bits)",
+    unit: str = "bits",
 ) -> Path:
     """Prediction entropy (bits) per token position: lines against the position, or heatmaps.
 
     ``entropy``: an array ``[L]`` (e.g. ``entropy_per_position(...).per_position``), or
     ``{name: array [L]}`` to compare models. ``grid=(h, w)`` draws one heatmap per name over the
     ``h x w`` token grid (row-major, LlamaGen's order) on a shared colour scale; without it, one line
-    per name. Returns ``path``.
+    per name. ``unit``: the axis label (e.g. ``"normalised"`` for entropies divided by
+    ``log2(V)``). Returns ``path``.
     """
     series = _named_series(entropy)
     if grid is None:
@@ -65,7 +71,7 @@ def plot_entropy_per_position(
         for name, values in series.items():
             ax.plot(np.arange(values.size), values, label=name, linewidth=1.2)
         ax.set_xlabel("token position")
-        ax.set_ylabel("bits")
+        ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if len(series) > 1 or next(iter(series)):
@@ -83,7 +89,7 @@ def plot_entropy_per_position(
         ax.set_title(f"{name}: mean {values.mean():.3g}" if name else f"mean {values.mean():.3g}", fontsize="small")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=list(axes), label="bits", shrink=0.85)
+    fig.colorbar(image, ax=list(axes), label=unit, shrink=0.85)
     fig.suptitle(title)
     return _save(fig, path, tight=False)
 
