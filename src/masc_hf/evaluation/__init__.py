@@ -1,13 +1,19 @@
-"""Evaluation: a small image classifier (class consistency, a feature space for Fréchet distances at
-Fashion-MNIST scale) and the Fréchet distance.
+"""Evaluation: the paper's protocol (sampling, FID/IS/Precision/Recall, prediction entropy, training
+acceleration), the semantic replacement test, pictures of the clusters, and a small image classifier
+for Fashion-MNIST-scale studies.
 
-* ``classifier``: :class:`ImageClassifier`, :func:`train_classifier`, :func:`class_consistency`.
-* ``fidelity``: :func:`calculate_metrics` (FID, IS, Precision/Recall with torch-fidelity against a
-  folder, an ADM ``.npz`` or statistics), :func:`save_statistics`, :func:`resolve_inception_weights`.
-* ``frechet``: :func:`frechet_distance`, :func:`feature_statistics` (numpy + scipy only).
 * ``sampling``: the paper's protocol, :func:`sample_images` (resumable, any number of processes,
   a seed per image) and :func:`pack_npz` (ADM ``.npz``); :func:`check_sample_folder`,
   :func:`check_npz_images`, :func:`load_npz_images` check sample folders and ``.npz`` files.
+* ``fidelity``: :func:`calculate_metrics` (FID, IS, Precision/Recall with torch-fidelity against a
+  folder, an ADM ``.npz`` or statistics), :func:`save_statistics`, :func:`resolve_inception_weights`.
+* ``entropy``: :func:`entropy_per_position` (Eq. 6, teacher-forced on validation codes).
+* ``acceleration``: :func:`training_acceleration`, :func:`steps_to_reach` (from eval logs).
+* ``replacement``: :func:`replacement_test` (PSNR/SSIM/rFID of cluster-member replacement).
+* ``gallery``, ``plots``: :func:`cluster_gallery`; training curves, entropy per position, a metric
+  against the step, as PNG.
+* ``classifier``: :class:`ImageClassifier`, :func:`train_classifier`, :func:`class_consistency`.
+* ``frechet``: :func:`frechet_distance`, :func:`feature_statistics` (numpy + scipy only).
 
 The namespace is lazy: ``import masc_hf.evaluation`` imports neither torch nor scipy.
 """
