@@ -154,7 +154,6 @@ def prepare_tokenizer_and_codes(
     tokenizer. Returns the data sets, class names, the tokenizer, its figures and the two paths.
     """
     import numpy as np
-    import torch
 
     from .data.extract import extract_codes
     from .data.fashion_mnist import load_fashion_mnist

@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import atomic_file
 from ..errors import MASCError
 from .sampling import SampleError, _height_width, check_npz_images, check_sample_folder
 
@@ -329,14 +329,8 @@ def _extract(source: _Source, extractor, weights: str, *, batch_size, cuda, prog
         dataset, extractor, batch_size, cuda, save_cpu_ram=source.files is None, verbose=progress
     )
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cached.name}.", suffix=".tmp", dir=cached.parent)
-        os.close(fd)
-        try:
-            torch.save(features, tmp)
-            os.replace(tmp, cached)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_file(cached) as handle:
+            torch.save(features, handle)
     return features
 
 
@@ -518,15 +512,7 @@ def save_statistics(
         extractor = _feature_extractor(weights, [POOL], cuda, progress)
         features = _extract(src, extractor, weights, batch_size=batch_size, cuda=cuda, progress=progress, cache_dir=None)
     stats = fid_features_to_statistics(features[POOL])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, mu=stats["mu"].astype(np.float64), sigma=stats["sigma"].astype(np.float64),
-                     num_images=np.int64(src.count))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        np.savez(handle, mu=stats["mu"].astype(np.float64), sigma=stats["sigma"].astype(np.float64), num_images=np.int64(src.count))
     logger.info("saved the Inception statistics of %d images of %s to %s", src.count, src.name, path)
     return path

@@ -13,13 +13,13 @@ its ``eval_history.json`` (``fid``, ...); see :func:`masc_hf.evaluation.load_eva
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_file
 from ..errors import MASCError
 
 __all__ = ["plot_entropy_per_position", "plot_metric_vs_step", "plot_training_curves"]
@@ -159,14 +159,8 @@ def _save(fig, path: str | os.PathLike, *, tight: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png")
     return path
 
 

@@ -34,7 +34,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._io import write_text_atomic
+from .._io import atomic_file, write_text_atomic
 from ..errors import MASCError
 
 logger = logging.getLogger(__name__)
@@ -295,12 +295,8 @@ def _written_images(folder: Path, indices: range, image_size: int) -> set[int]:
 
 
 def _save_png_atomic(image: PIL.Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as handle:
+        image.save(handle, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------
