@@ -170,8 +170,10 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
     result_path = run_dir / "result.json"
     if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result["steps"] != settings.steps:
-            raise SystemExit(f"{run_dir} holds a finished {result['steps']}-step run, not {settings.steps}; use another --workdir")
+        cached = result.get("run_settings", {"steps": result["steps"]})
+        wanted = {k: v for k, v in _run_settings(settings).items() if k in cached}
+        if cached != wanted:
+            raise SystemExit(f"{run_dir} holds a finished run with other settings ({cached} vs {wanted}); use another --workdir")
         return result
     map_dir = shared["maps"].get((method, seed)) if method != "flat" else None
     cluster_map = MASCClusterMap.from_pretrained(map_dir) if map_dir else None
@@ -192,7 +194,7 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
     result = {
         "method": method, "seed": seed, "map": map_dir, "steps": summary["global_step"], "final_loss": summary["loss"],
         "model_dir": summary["model_dir"], "eval_history": json.loads((run_dir / "eval_history.json").read_text()),
-        "train_history": summary["history"], "seconds": time.perf_counter() - start,
+        "train_history": summary["history"], "seconds": time.perf_counter() - start, "run_settings": _run_settings(settings),
     }
     _write_json(result_path, result)
     return result
@@ -221,6 +223,13 @@ def _write_json(path: Path, payload) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
     tmp.replace(path)
+
+
+def _run_settings(settings: Table1Settings) -> dict:
+    """What a cached run must share with this invocation to be reused."""
+    keys = ("num_clusters", "hidden_size", "num_layers", "num_heads", "steps", "batch_size", "learning_rate", "warmup_steps",
+            "eval_every", "eval_per_class", "guidance_scale", "eval_seed")
+    return {k: getattr(settings, k) for k in keys}
 
 
 def _run_one_star(job):
@@ -400,11 +409,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=Table1Settings.eval_every)
     parser.add_argument("--eval-per-class", type=int, default=Table1Settings.eval_per_class)
     parser.add_argument("--workers", type=int, default=Table1Settings.workers, help="runs trained side by side (one core each)")
+    for name in ("num_clusters", "hidden_size", "num_layers", "num_heads", "batch_size"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(Table1Settings, name))
+    for name in ("learning_rate", "guidance_scale"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(Table1Settings, name))
     args = parser.parse_args(argv)
     settings = Table1Settings(
         dataset=args.dataset, workdir=args.workdir, results_dir=args.results_dir, methods=tuple(args.methods.split(",")),
         seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, eval_every=args.eval_every,
-        eval_per_class=args.eval_per_class, workers=args.workers,
+        eval_per_class=args.eval_per_class, workers=args.workers, num_clusters=args.num_clusters, hidden_size=args.hidden_size,
+        num_layers=args.num_layers, num_heads=args.num_heads, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        guidance_scale=args.guidance_scale,
     )
     unknown = set(settings.methods) - set(METHODS)
     if unknown or "flat" not in settings.methods:
