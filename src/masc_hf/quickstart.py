@@ -47,7 +47,7 @@ class QuickstartSettings:
     seed: int = 0
 
 
-# Sized for a 2-core CPU: "default" measured at 14.2 min (68.6% class consistency), "fast" about 10 min.
+# Sized for a 2-core CPU: "default" measured at 11.1 min (69.2% class consistency; 14.2 min on a busy machine), "fast" about 10 min.
 QUICKSTART_PRESETS = {
     "default": QuickstartSettings(),
     "fast": QuickstartSettings(vq_preset="fast", train_examples=20000, steps=400, samples_per_class=30, classifier_epochs=0.5),
