@@ -55,6 +55,7 @@ class Table1Settings:
     eval_seed: int = 1234
     replacement_images: int = 1000
     workers: int = 2
+    tag: str | None = None  # runs go to workdir/runs-<tag>: several studies share one tokenizer, codes and maps
     extra: dict = field(default_factory=dict)
 
 
@@ -166,7 +167,7 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
     from masc_hf.clustering import MASCClusterMap
     from masc_hf.training import TrainingArguments, train
 
-    run_dir = Path(settings.workdir) / "runs" / f"{method}-seed{seed}"
+    run_dir = Path(settings.workdir) / (f"runs-{settings.tag}" if settings.tag else "runs") / f"{method}-seed{seed}"
     result_path = run_dir / "result.json"
     if result_path.is_file():
         result = json.loads(result_path.read_text())
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=Table1Settings.steps)
     parser.add_argument("--eval-every", type=int, default=Table1Settings.eval_every)
     parser.add_argument("--eval-per-class", type=int, default=Table1Settings.eval_per_class)
+    parser.add_argument("--tag", help="keep these runs apart (workdir/runs-TAG), e.g. for other steps or model sizes")
     parser.add_argument("--workers", type=int, default=Table1Settings.workers, help="runs trained side by side (one core each)")
     for name in ("num_clusters", "hidden_size", "num_layers", "num_heads", "batch_size"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(Table1Settings, name))
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, eval_every=args.eval_every,
         eval_per_class=args.eval_per_class, workers=args.workers, num_clusters=args.num_clusters, hidden_size=args.hidden_size,
         num_layers=args.num_layers, num_heads=args.num_heads, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=args.guidance_scale, tag=args.tag,
     )
     unknown = set(settings.methods) - set(METHODS)
     if unknown or "flat" not in settings.methods:
