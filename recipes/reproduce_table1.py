@@ -141,22 +141,26 @@ class ClassifierEvaluator:
         import numpy as np
         import torch
 
-        from masc_hf.evaluation.frechet import feature_statistics, frechet_distance
-        from masc_hf.tokenizers.vq import decode_ids
-
         n = self.settings.eval_per_class
         labels = torch.arange(model.config.num_classes).repeat_interleave(n)
         generator = torch.Generator().manual_seed(self.settings.eval_seed)
         fine_ids = model.generate(labels, guidance_scale=self.settings.guidance_scale, generator=generator, cluster_map=self.cluster_map)
+        fid, predicted = self.score(fine_ids)
+        return {"fid": fid, "class_consistency": float(np.mean(predicted == labels.numpy()))}
+
+    def score(self, fine_ids) -> tuple[float, object]:
+        """FID (classifier features, against the real test images) and predicted classes of the
+        images the tokenizer decodes from ``fine_ids`` ``[n, h*w]``."""
+        import torch
+
+        from masc_hf.evaluation.frechet import feature_statistics, frechet_distance
+        from masc_hf.tokenizers.vq import decode_ids
+
         with torch.no_grad():
             images = ((decode_ids(self.vqvae, fine_ids).clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
         side = images.shape[-1] - 2 * self.pad
         mu, sigma = feature_statistics(self.classifier.features(images, center_crop=side))
-        predicted = self.classifier.predict(images, center_crop=side)
-        return {
-            "fid": frechet_distance(mu, sigma, self.mu, self.sigma),
-            "class_consistency": float(np.mean(predicted == labels.numpy())),
-        }
+        return frechet_distance(mu, sigma, self.mu, self.sigma), self.classifier.predict(images, center_crop=side)
 
 
 def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> dict:
@@ -221,9 +225,9 @@ def add_validation_entropy(result: dict, shared: dict) -> dict:
 
 
 def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    from masc_hf._io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=1, default=float) + "\n")
 
 
 def _run_settings(settings: Table1Settings) -> dict:
@@ -242,37 +246,23 @@ def replacement_fid(settings: Table1Settings, shared: dict, map_dirs: list[str])
     """The FID (classifier features) of real test images after the tokenizer alone ("plain") and
     after the replacement test of each map: the floor a perfect model of cluster ids would reach,
     since the random member drawn at decode time is all it loses. Same count as the model samples."""
-    import numpy as np
     import torch
-    from diffusers import VQModel
 
     from masc_hf.clustering import MASCClusterMap
     from masc_hf.data.fashion_mnist import load_fashion_mnist
-    from masc_hf.evaluation.classifier import ImageClassifier
-    from masc_hf.evaluation.frechet import feature_statistics, frechet_distance
-    from masc_hf.tokenizers.vq import decode_ids, encode_images
+    from masc_hf.tokenizers.vq import encode_images
     from masc_hf.training.vq_trainer import to_vq_input
 
-    vqvae = VQModel.from_pretrained(shared["vq_dir"]).eval()
-    classifier = ImageClassifier.from_pretrained(shared["classifier_dir"])
-    reference = np.load(shared["reference"])
-    count = settings.eval_per_class * 10
-    images = load_fashion_mnist("test").images[:count]
+    evaluator = ClassifierEvaluator(settings, shared, cluster_map=None)
+    images = load_fashion_mnist("test").images[: settings.eval_per_class * 10]
     with torch.no_grad():
-        fine_ids = encode_images(vqvae, to_vq_input(images, image_size=vqvae.config.sample_size))
-    side = images.shape[-1]
+        fine_ids = encode_images(evaluator.vqvae, to_vq_input(images, image_size=evaluator.vqvae.config.sample_size))
 
-    def fid_of(ids) -> float:
-        with torch.no_grad():
-            pixels = ((decode_ids(vqvae, ids).clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
-        mu, sigma = feature_statistics(classifier.features(pixels, center_crop=side))
-        return frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
-
-    floors = {"plain": fid_of(fine_ids)}
+    floors = {"plain": evaluator.score(fine_ids)[0]}
     for map_dir in map_dirs:
         cluster_map = MASCClusterMap.from_pretrained(map_dir)
         replaced = cluster_map.decode(cluster_map.encode(fine_ids), generator=torch.Generator().manual_seed(0))
-        floors[map_dir] = fid_of(replaced)
+        floors[map_dir] = evaluator.score(replaced)[0]
     return floors
 
 

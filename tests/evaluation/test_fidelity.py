@@ -213,14 +213,14 @@ def test_cli_writes_json_and_prints_a_table(data, weights, tmp_path, capsys):
 
 
 def test_npz_images_are_memory_mapped_when_stored(data, tmp_path):
-    from masc_hf.evaluation.sampling import pack_npz
+    from masc_hf.evaluation.sampling import load_npz_images, pack_npz
 
     np.savez_compressed(tmp_path / "compressed.npz", arr_0=data["a"])
     np.savez(tmp_path / "with_stats.npz", mu=np.zeros(3), arr_0=data["a"])
     packed = pack_npz(data["a_dir"], tmp_path / "packed.npz")  # a zip64 member
     for path, mapped in ((data["a_npz"], True), (tmp_path / "with_stats.npz", True), (packed, True),
                          (tmp_path / "compressed.npz", False)):
-        images = fidelity._npz_images(path)
+        images = load_npz_images(path)
         assert isinstance(images, np.memmap) == mapped
         np.testing.assert_array_equal(images, data["a"])
 

@@ -66,7 +66,7 @@ def entropy_per_position(
     """
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
-    from ..training.trainer import prediction_entropy
+    from ..training.trainer import entropy_bits
 
     config = model.config
     if cluster_map is not None:
@@ -109,10 +109,8 @@ def entropy_per_position(
         for batch_codes, batch_labels in tqdm(DataLoader(dataset, batch_size=batch_size), desc="entropy", disable=not progress):
             batch_codes, batch_labels = batch_codes.to(device), batch_labels.to(device)
             logits = model(input_ids=batch_codes[:, :-1], class_labels=batch_labels).logits  # [B, L, V]
-            rows = batch_codes.shape[0]
-            # Eq. 6 lives in training.trainer.prediction_entropy (one home); per position it is that mean over each column
-            totals += rows * np.array([prediction_entropy(logits[:, t])[0] for t in range(length)])
-            count += rows
+            totals += entropy_bits(logits).sum(dim=0).double().cpu().numpy()  # Eq. 6 per position, summed over rows
+            count += batch_codes.shape[0]
     finally:
         model.train(was_training)
     per_position = totals / count

@@ -43,7 +43,7 @@ import torch
 
 from .._io import atomic_file
 from ..errors import MASCError
-from .sampling import SampleError, _height_width, check_npz_images, check_sample_folder
+from .sampling import SampleError, _height_width, check_npz_images, check_sample_folder, load_npz_images
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class _Source:
 
         if self.files is not None:
             return ImagesPathDataset([str(p) for p in self.files])  # torch-fidelity's own folder reader
-        return _ArrayDataset(self.array if self.array is not None else _npz_images(self.npz))
+        return _ArrayDataset(self.array if self.array is not None else load_npz_images(self.npz))
 
 
 class _ArrayDataset(torch.utils.data.Dataset):
@@ -232,26 +232,6 @@ def _describe_array(array: np.ndarray, role: str, expected_count, expected_size)
     if size is not None and (height, width) != size:
         raise SampleError(f"{role} holds {width}x{height} images but {size[1]}x{size[0]} is expected")
     return _Source(f"{role} array", count=count, size=(height, width), array=array)
-
-
-def _npz_images(path: Path) -> np.ndarray:
-    """``arr_0`` of an ``.npz``: memory-mapped when stored uncompressed (``np.savez``, ``pack_npz``),
-    so that 50k images (9.8 GB at 256 px) are read batch by batch; else loaded."""
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo("arr_0.npy")
-    if info.compress_type == zipfile.ZIP_STORED:
-        with open(path, "rb") as handle:
-            handle.seek(info.header_offset)
-            local = handle.read(30)  # the member's local header: name and extra-field lengths at 26..30
-            handle.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
-            version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read_header(handle)
-            offset = handle.tell()
-        if not fortran_order:
-            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    with np.load(path) as data:
-        return data["arr_0"]
 
 
 def _npz_members(path: Path, role: str) -> set[str]:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import ClusterMapMismatchError, DataError, MASCError
+from .classifier import _is_pil
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -361,7 +362,3 @@ def _rfid(samples: np.ndarray, reference: np.ndarray, inception_weights: str, pr
     return float(metrics["frechet_inception_distance"])
 
 
-def _is_pil(value: Any) -> bool:
-    from PIL import Image
-
-    return isinstance(value, Image.Image)

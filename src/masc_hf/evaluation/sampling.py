@@ -502,7 +502,22 @@ def check_npz_images(path: str | os.PathLike, *, expected_count: int | None = No
 
 
 def load_npz_images(path: str | os.PathLike, *, expected_count: int | None = None, expected_size=None) -> np.ndarray:
-    """The uint8 ``[N, H, W, 3]`` images of an ADM-format ``.npz`` (checked first, see :func:`check_npz_images`)."""
+    """The uint8 ``[N, H, W, 3]`` images of an ADM-format ``.npz`` (checked first, see :func:`check_npz_images`):
+    memory-mapped when stored uncompressed (``np.savez``, :func:`pack_npz`), so that 50k images
+    (9.8 GB at 256 px) are read batch by batch; else loaded."""
     check_npz_images(path, expected_count=expected_count, expected_size=expected_size)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("arr_0.npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)  # the member's local header: name and extra-field lengths at 26..30
+            handle.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(handle)
+            offset = handle.tell()
+        if not fortran_order:
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
     with np.load(path) as data:
         return data["arr_0"]

@@ -86,12 +86,17 @@ class TrainingArguments:
     progress: bool = True
 
 
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits of ``softmax(logits)`` at every position: ``[..., V]`` -> ``[...]``
+    (the paper's Eq. 6 before averaging)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(2)
+
+
 def prediction_entropy(logits: torch.Tensor) -> tuple[float, float]:
     """Mean Shannon entropy in bits of ``softmax(logits)`` over all positions (the paper's Eq. 6),
     and the same divided by ``log2(V)`` (normalised entropy). ``logits``: ``[..., V]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1).mean() / math.log(2)
-    value = float(entropy)
+    value = float(entropy_bits(logits).mean())
     return value, value / math.log2(logits.shape[-1])
 
 
