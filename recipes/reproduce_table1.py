@@ -144,7 +144,8 @@ class ClassifierEvaluator:
         n = self.settings.eval_per_class
         labels = torch.arange(model.config.num_classes).repeat_interleave(n)
         generator = torch.Generator().manual_seed(self.settings.eval_seed)
-        fine_ids = model.generate(labels, guidance_scale=self.settings.guidance_scale, generator=generator, cluster_map=self.cluster_map)
+        ids = model.generate(labels, guidance_scale=self.settings.guidance_scale, generator=generator)
+        fine_ids = ids if self.cluster_map is None else self.cluster_map.decode(ids, generator=generator)
         fid, predicted = self.score(fine_ids)
         return {"fid": fid, "class_consistency": float(np.mean(predicted == labels.numpy()))}
 

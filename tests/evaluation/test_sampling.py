@@ -28,7 +28,7 @@ from masc_hf.evaluation import (
 )
 from masc_hf.models import LlamaGenForImageGeneration
 from masc_hf.models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
-from masc_hf.models.modeling_llamagen import inverse_cdf_sample
+from masc_hf.models.ar import inverse_cdf_sample
 from masc_hf.tokenizers.codebook import load_codebook_from_vqmodel
 from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
 
@@ -97,13 +97,18 @@ def test_an_image_does_not_depend_on_its_batch(pipe, guidance_scale, top_k, top_
     """
     model, cmap = pipe.transformer, pipe.cluster_map
     labels = [0, 3, 3, 9]
-    kwargs = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, cluster_map=cmap, return_coarse_ids=True)
-    fine, coarse = model.generate(labels, generator=generators(range(4)), **kwargs)
+    kwargs = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p)
+
+    def generate(labels, generator, **kwargs):  # the pipeline's first two steps: model ids, then the map
+        coarse = model.generate(labels, generator=generator, **kwargs)
+        return cmap.decode(coarse, generator=generator), coarse
+
+    fine, coarse = generate(labels, generator=generators(range(4)), **kwargs)
     for b, label in enumerate(labels):
-        fine_b, coarse_b = model.generate([label], generator=generators([b]), **kwargs)
+        fine_b, coarse_b = generate([label], generator=generators([b]), **kwargs)
         assert torch.equal(coarse_b[0], coarse[b]) and torch.equal(fine_b[0], fine[b])
     assert torch.equal(cmap.encode(fine), coarse)
-    again = model.generate(labels[::-1], generator=generators(range(4))[::-1], **kwargs)[0]
+    again = generate(labels[::-1], generator=generators(range(4))[::-1], **kwargs)[0]
     assert torch.equal(again.flip(0), fine)  # order in the batch does not matter either
     assert len({tuple(row.tolist()) for row in fine}) == 4  # and the seeds differ
     sampling = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, output_type="np")

@@ -137,8 +137,11 @@ def test_masc_start_copies_the_body_and_reinitialises_the_vocabulary(gpt_fixture
     assert 0.05 < std < 0.2  # N(0, initializer_range = 0.1)
     from transformers import AutoModel
 
+    from masc_hf.pipelines.pairing import check_map_fits_model
+
     model = AutoModel.from_pretrained(out)
-    fine = model.generate([1], guidance_scale=1.0, top_k=1, cluster_map=tiny_cluster_map)
+    check_map_fits_model(tiny_cluster_map, model)
+    fine = tiny_cluster_map.decode(model.generate([1], guidance_scale=1.0, top_k=1), generator=0)
     assert fine.shape == (1, 64) and fine.max() < 256
 
 

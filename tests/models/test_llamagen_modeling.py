@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import masc_hf
 from masc_hf.errors import ClusterMapMismatchError, MASCError, ModelConfigError, ModelInputError
 from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration
-from masc_hf.models.modeling_llamagen import filter_logits, rope_2d_table, sample_next_token
+from masc_hf.models.ar import filter_logits, rope_2d_table, sample_next_token
 
 # ---------------------------------------------------------------------------------------------- parity
 
@@ -293,32 +293,22 @@ def test_errors_are_value_errors():
 # ---------------------------------------------------------------------------------------------- MASC
 
 
-def test_masc_generate_returns_fine_ids_inside_the_predicted_clusters(masc_model, tiny_cluster_map):
+def test_masc_generate_returns_cluster_ids_the_map_decodes_inside_the_clusters(masc_model, tiny_cluster_map):
     generator = torch.Generator().manual_seed(0)
-    fine, coarse = masc_model.generate([1, 2, 3], guidance_scale=3.0, cluster_map=tiny_cluster_map, return_coarse_ids=True, generator=generator)
+    coarse = masc_model.generate([1, 2, 3], guidance_scale=3.0, generator=generator)  # the model's own ids
+    fine = tiny_cluster_map.decode(coarse, generator=generator)
     assert fine.shape == coarse.shape == (3, 64) and fine.dtype == coarse.dtype == torch.long
     assert coarse.max() < 16 and fine.max() < 256
     assert torch.equal(tiny_cluster_map.encode(fine), coarse)
-    again = masc_model.generate([1, 2, 3], guidance_scale=3.0, cluster_map=tiny_cluster_map, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    again = tiny_cluster_map.decode(masc_model.generate([1, 2, 3], guidance_scale=3.0, generator=generator), generator=generator)
     assert torch.equal(again, fine)  # the same generator reproduces the fine ids too
     assert len(torch.unique(coarse)) > 1
 
 
-def test_masc_generate_refuses_a_map_that_does_not_belong(masc_model, tiny_codebook, tiny_config, tiny_cluster_map):
-    other_codebook = masc_hf.build_cluster_map(tiny_codebook + 1.0, 16, compute_quality=False)
-    with pytest.raises(ClusterMapMismatchError, match="trained on cluster map"):
-        masc_model.generate([1], cluster_map=other_codebook)
-    other_method = masc_hf.build_cluster_map(tiny_codebook, 16, method="kmeans", compute_quality=False)
-    with pytest.raises(ClusterMapMismatchError, match="trained on cluster map"):
-        masc_model.generate([1], cluster_map=other_method)
-    with pytest.raises(ClusterMapMismatchError, match="k=8"):
-        masc_model.generate([1], cluster_map=tiny_cluster_map.cut(8))
-    smaller = masc_hf.build_cluster_map(tiny_codebook[:200], 16, compute_quality=False)
-    with pytest.raises(ClusterMapMismatchError, match="N=200"):
-        masc_model.generate([1], cluster_map=smaller)
-    flat = LlamaGenForImageGeneration(tiny_config)
-    with pytest.raises(ClusterMapMismatchError, match="flat"):
-        flat.generate([1], cluster_map=tiny_cluster_map)
+def test_generate_no_longer_takes_a_cluster_map(masc_model, tiny_cluster_map):
+    with pytest.raises(ModelInputError, match="cluster_map.decode"):
+        masc_model.generate([1], cluster_map=tiny_cluster_map)
 
 
 def test_masc_forward_refuses_fine_ids(masc_model):
@@ -334,3 +324,54 @@ def test_masc_config_round_trip_keeps_the_map_identity(masc_model, tiny_cluster_
     assert loaded.config.is_masc and loaded.config.fine_vocab_size == 256 and loaded.config.vocab_size == 16
     assert loaded.config.cluster_map_fingerprint == tiny_cluster_map.fingerprint
     assert np.array_equal(loaded.lm_head.weight.detach().numpy(), masc_model.lm_head.weight.detach().numpy())
+
+
+# ---------------------------------------------------------------------------------------------- the AR core's static decode
+
+
+def test_compiled_and_eager_greedy_generations_are_token_identical(tiny_model, gpt_generate):
+    """The decode step compiles with fullgraph=True (no graph break, no host sync) and changes nothing."""
+    labels = gpt_generate["class_labels"]
+    eager = tiny_model.generate(labels, guidance_scale=4.0, top_k=1)
+    compiled = tiny_model.generate(labels, guidance_scale=4.0, top_k=1, compile=True)
+    assert torch.equal(compiled, eager) and torch.equal(compiled, gpt_generate["tokens_cfg_on"])
+    # per-image generators draw by inverse CDF in both modes: the same sampled tokens
+    sampled = [tiny_model.generate(labels, guidance_scale=2.0, top_p=0.9, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], compile=c)
+               for c in (False, True)]
+    assert torch.equal(sampled[0], sampled[1])
+
+
+def test_guidance_stops_without_changing_the_batch(tiny_model):
+    """After cfg_interval the null rows keep running (static shapes); the ids follow the conditional logits."""
+    calls = []
+    tiny_model.generate([1, 2], guidance_scale=4.0, temperature=0, cfg_interval=3, callback=lambda step, tokens: calls.append(step))
+    assert calls == list(range(64))
+
+
+def test_sampling_defaults_live_in_a_generation_config_saved_beside_the_model(tiny_model, tmp_path):
+    from transformers import AutoModel, GenerationConfig
+
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    assert model.generation_config.guidance_scale == 4.0 and model.generation_config.top_k == 0  # the reference sampler's
+    model.generation_config.guidance_scale, model.generation_config.top_k = 2.5, 1
+    model.save_pretrained(tmp_path / "m")
+    assert GenerationConfig.from_pretrained(tmp_path / "m").guidance_scale == 2.5
+    loaded = AutoModel.from_pretrained(tmp_path / "m").eval()
+    assert (loaded.generation_config.guidance_scale, loaded.generation_config.top_k) == (2.5, 1)
+    assert torch.equal(loaded.generate([1, 2]), tiny_model.generate([1, 2], guidance_scale=2.5, top_k=1))
+
+
+def test_directories_saved_before_generation_configs_still_load(tiny_model, tmp_path):
+    import json
+
+    from transformers import AutoModel
+
+    tiny_model.save_pretrained(tmp_path / "old")
+    (tmp_path / "old" / "generation_config.json").unlink()
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    config["default_guidance_scale"] = 3.0  # what earlier releases wrote
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = AutoModel.from_pretrained(tmp_path / "old").eval()
+    assert loaded.generation_config.guidance_scale == 3.0
+    assert torch.equal(loaded.generate([1, 2], top_k=1), tiny_model.generate([1, 2], guidance_scale=3.0, top_k=1))

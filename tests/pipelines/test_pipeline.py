@@ -71,9 +71,9 @@ def test_images_are_the_decoded_generated_tokens(flat_pipe, parts):
 def test_masc_pipeline_decodes_clusters_to_member_tokens(masc_pipe, parts):
     out = masc_pipe([0, 9], generator=torch.Generator().manual_seed(1), output_type="np")
     assert out.images.shape == (2, 128, 128, 3)
-    fine, coarse = parts["masc"].generate(
-        [0, 9], generator=torch.Generator().manual_seed(1), cluster_map=parts["cluster_map"], return_coarse_ids=True
-    )
+    generator = torch.Generator().manual_seed(1)
+    coarse = parts["masc"].generate([0, 9], generator=generator)  # the model's ids are cluster ids
+    fine = parts["cluster_map"].decode(coarse, generator=generator)  # what the pipeline does next
     assert torch.equal(parts["cluster_map"].encode(fine), coarse)
 
 
@@ -185,3 +185,45 @@ def test_push_to_hub_uploads_the_saved_pipeline_with_its_card(flat_pipe, monkeyp
     assert flat_pipe.push_to_hub("org/pipe") == "commit"
     assert {"model_index.json", "transformer", "vqvae", "README.md"} <= set(seen["files"])
     assert "flat LlamaGen" in seen["card"] and seen["loaded"].cluster_map is None
+
+
+def test_model_cpu_offload_runs_the_transformer_through_its_hook(parts, monkeypatch):
+    """With enable_model_cpu_offload the transformer must be on the execution device while it generates:
+    accelerate's offload hook moves it there when forward is called, so every step must go through forward."""
+    from accelerate.hooks import CpuOffload
+
+    pipe = MASCPipeline(transformer=parts["masc"], vqvae=parts["vqvae"], cluster_map=parts["cluster_map"])
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe([1, 4], output_type="np", generator=torch.Generator().manual_seed(3)).images
+    seen = []
+    original = CpuOffload.pre_forward
+
+    def recording_pre_forward(self, module, *args, **kwargs):
+        result = original(self, module, *args, **kwargs)
+        seen.append((type(module).__name__, next(module.parameters()).device.type))
+        return result
+
+    monkeypatch.setattr(CpuOffload, "pre_forward", recording_pre_forward)
+    pipe.enable_model_cpu_offload(device="cpu")
+    try:
+        images = pipe([1, 4], output_type="np", generator=torch.Generator().manual_seed(3)).images
+    finally:
+        pipe.remove_all_hooks()
+    calls = [device for name, device in seen if name == "LlamaGenForImageGeneration"]
+    assert len(calls) == parts["masc"].config.block_size  # the class-position prefill, then one call per token
+    assert set(calls) == {pipe._offload_device.type}
+    assert ("VQModel", "cpu") in seen  # the decoder too is moved in by its hook
+    np.testing.assert_array_equal(images, expected)
+
+
+def test_callback_on_step_end_sees_every_token(flat_pipe):
+    steps = []
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        steps.append((step, int((callback_kwargs["tokens"][:, : step + 1] >= 0).all())))
+        return callback_kwargs
+
+    flat_pipe([1], generator=torch.Generator().manual_seed(0), callback_on_step_end=callback, output_type="np")
+    assert steps == [(i, 1) for i in range(64)]
+    with pytest.raises(MASCError, match="latents"):
+        flat_pipe([1], callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])

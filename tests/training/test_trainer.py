@@ -67,7 +67,8 @@ def test_masc_training_predicts_cluster_ids(codes_dir, tmp_path, model_config_fi
     model = LlamaGenForImageGeneration.from_pretrained(summary["model_dir"])
     assert model.config.vocab_size == 8 and model.config.fine_vocab_size == 32
     assert model.config.cluster_map_fingerprint == MASCClusterMap.from_pretrained(tmp_path / "map").fingerprint
-    fine = model.generate([0, 1], guidance_scale=1.0, cluster_map=MASCClusterMap.from_pretrained(tmp_path / "map"))
+    cluster_map = MASCClusterMap.from_pretrained(tmp_path / "map")
+    fine = cluster_map.decode(model.generate([0, 1], guidance_scale=1.0), generator=0)
     assert fine.shape == (2, 16) and int(fine.max()) < 32
 
 

@@ -70,7 +70,9 @@ def entropy_per_position(
 
     config = model.config
     if cluster_map is not None:
-        model._check_cluster_map(cluster_map)  # the model's own check: N, k and the map's fingerprint
+        from ..pipelines.pairing import check_map_fits_model
+
+        check_map_fits_model(cluster_map, model)  # N, k and the map's fingerprint
     if isinstance(codes, (str, os.PathLike)):
         from ..data.code_shards import CodeShardDataset
 

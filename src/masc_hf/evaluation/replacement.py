@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import ClusterMapMismatchError, DataError, MASCError
+from ..errors import DataError, MASCError
 from .classifier import _is_pil
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,24 +65,11 @@ SSIM_WINDOW = 7  # skimage's default window (uniform 7x7, sample covariance)
 def check_maps_against_tokenizer(vqvae: VQModel, cluster_maps: Mapping[str, MASCClusterMap]) -> None:
     """Raise :class:`ClusterMapMismatchError` naming the first map that was not built from
     ``vqvae``'s codebook (size N and codebook fingerprint). Cheap: call it before any long work."""
-    from ..clustering import MASCClusterMap, check_cluster_map, codebook_fingerprint
-    from ..tokenizers.codebook import load_codebook_from_vqmodel
+    from ..pipelines.pairing import check_maps_fit_tokenizer
 
-    if not isinstance(cluster_maps, Mapping) or not cluster_maps:
-        raise MASCError("cluster_maps must be a non-empty mapping name -> MASCClusterMap, e.g. {'masc': cmap}")
-    if PLAIN in cluster_maps:
+    if isinstance(cluster_maps, Mapping) and PLAIN in cluster_maps:
         raise MASCError(f"{PLAIN!r} names the reference row (plain reconstruction); give that map another name")
-    num_tokens = vqvae.config.num_vq_embeddings
-    fingerprint = codebook_fingerprint(load_codebook_from_vqmodel(vqvae))
-    for name, cluster_map in cluster_maps.items():
-        if not isinstance(cluster_map, MASCClusterMap):
-            raise ClusterMapMismatchError(
-                f"cluster map {name!r} is a {type(cluster_map).__name__}, not a MASCClusterMap; load it with MASCClusterMap.from_pretrained"
-            )
-        try:
-            check_cluster_map(cluster_map, num_tokens=num_tokens, codebook_fingerprint=fingerprint, what="this VQ tokenizer")
-        except ClusterMapMismatchError as err:
-            raise ClusterMapMismatchError(f"cluster map {name!r}: {err}") from None
+    check_maps_fit_tokenizer(vqvae, cluster_maps)
 
 
 def replacement_test(

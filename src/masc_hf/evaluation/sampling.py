@@ -201,7 +201,7 @@ def _check_positive_int(name: str, value) -> None:
 def _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images) -> dict:
     transformer = pipe.transformer
     if guidance_scale is None:
-        guidance_scale = transformer.config.default_guidance_scale
+        guidance_scale = transformer.generation_config.guidance_scale
     pipeline = pipe.name_or_path
     if pipeline is not None and os.path.isdir(pipeline):
         pipeline = str(Path(pipeline).resolve())

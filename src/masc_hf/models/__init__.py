@@ -1,4 +1,5 @@
-"""LlamaGen on the transformers stack: configuration, model with ``generate``, checkpoint conversion.
+"""The transformers side: one AR core (:mod:`masc_hf.models.ar`) and the models built from it
+(:mod:`masc_hf.models.llamagen`).
 
 Importing this package registers ``LlamaGenConfig`` (model_type ``"masc_llamagen"``) and
 ``LlamaGenForImageGeneration`` with ``AutoConfig`` / ``AutoModel``, so a converted directory loads with
@@ -7,8 +8,7 @@ Importing this package registers ``LlamaGenConfig`` (model_type ``"masc_llamagen
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_llamagen import LLAMAGEN_PRESETS, LlamaGenConfig
-from .modeling_llamagen import LlamaGenForImageGeneration, LlamaGenOutput, LlamaGenPreTrainedModel
+from .llamagen import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenOutput, LlamaGenPreTrainedModel
 
 AutoConfig.register(LlamaGenConfig.model_type, LlamaGenConfig, exist_ok=True)
 AutoModel.register(LlamaGenConfig, LlamaGenForImageGeneration, exist_ok=True)

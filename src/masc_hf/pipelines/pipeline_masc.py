@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,12 +14,12 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, VQModel
 from diffusers.image_processor import VaeImageProcessor
 
 from .._io import write_text_atomic
-from ..clustering import MASCClusterMap, check_cluster_map, codebook_fingerprint
-from ..errors import ClusterMapMismatchError, MASCError
+from ..clustering import MASCClusterMap
+from ..errors import MASCError
 from ..models import LlamaGenForImageGeneration
-from ..tokenizers.codebook import load_codebook_from_vqmodel
 from ..tokenizers.vq import decode_ids, downsample_factor
 from .labels import imagenet_id2label, label_index, resolve_class_labels
+from .pairing import check_pipeline_components
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class MASCPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->vqvae"
     _optional_components = ["cluster_map"]
+    _callback_tensor_inputs = ["tokens"]
 
     def __init__(
         self,
@@ -92,13 +94,15 @@ class MASCPipeline(DiffusionPipeline):
         class_labels: int | str | list[int | str] | torch.Tensor,
         num_images_per_label: int = 1,
         guidance_scale: float | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        cfg_interval: int = -1,
+        cfg_interval: int | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images of the given classes.
 
@@ -106,10 +110,11 @@ class MASCPipeline(DiffusionPipeline):
             class_labels: a class id, a class name (``"golden retriever"``; synonyms such as
                 ``"tabby cat"`` resolve), or a list mixing both.
             num_images_per_label: images per label; images of one label are consecutive.
-            guidance_scale: classifier-free guidance; ``None`` uses the model's default
-                (``transformer.config.default_guidance_scale``); 1.0 turns guidance off.
+            guidance_scale: classifier-free guidance; 1.0 turns guidance off.
             temperature, top_k, top_p: sampling controls (temperature 0 = greedy, top_k 0 = all).
-            generator: a ``torch.Generator`` on the transformer's device; the same seed gives the
+            cfg_interval: guide only the first decode steps (LlamaGen's option; -1 = always).
+                Every sampling option left ``None`` is the transformer's ``generation_config``'s.
+            generator: a ``torch.Generator`` on the execution device; the same seed gives the
                 same images. Or a list with one generator per image (``len(class_labels) *
                 num_images_per_label``, any device): each image then depends only on its own
                 generator's seed, its label and the settings, not on the batch it is in (up to
@@ -117,7 +122,11 @@ class MASCPipeline(DiffusionPipeline):
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (``[B, H, W, 3]`` float in
                 [0, 1]) or ``"pt"`` (``[B, 3, H, W]`` float in [0, 1]).
             return_dict: return an [`ImagePipelineOutput`] (else a one-element tuple).
-            cfg_interval: guide only the first decode steps (LlamaGen's option; -1 = always).
+            callback_on_step_end: called after each token as ``callback_on_step_end(self, step,
+                step, callback_kwargs)`` with ``callback_kwargs["tokens"]`` the model ids so far
+                ``[B, block_size]`` (filled up to column ``step``), as diffusers pipelines call it.
+            callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``
+                (``["tokens"]``).
 
         Example:
             ```py
@@ -130,12 +139,17 @@ class MASCPipeline(DiffusionPipeline):
             >>> images[0].save("golden_retriever.png")
             ```
         """
+        # 0. inputs, checked before any work
         if output_type not in OUTPUT_TYPES:
             raise MASCError(f"output_type {output_type!r} does not exist; use one of {', '.join(OUTPUT_TYPES)}")
         if isinstance(num_images_per_label, bool) or not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise MASCError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
+        tensor_inputs = callback_on_step_end_tensor_inputs or list(self._callback_tensor_inputs)
+        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise MASCError(f"callback_on_step_end_tensor_inputs {unknown} are not available; use {self._callback_tensor_inputs}")
         ids = resolve_class_labels(class_labels, self.id2label, self.transformer.config.num_classes)
-        device = self.transformer.device
+        device = self._execution_device
         labels = torch.tensor(ids, device=device).repeat_interleave(num_images_per_label)
         if isinstance(generator, (list, tuple)) and len(generator) != len(labels):
             raise MASCError(
@@ -143,19 +157,25 @@ class MASCPipeline(DiffusionPipeline):
                 f"image(s) = {len(labels)} images are asked for; pass one generator per image, or a single generator"
             )
 
-        tokens = self.transformer.generate(
-            labels,
-            guidance_scale=guidance_scale,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
-            cluster_map=self.cluster_map,
-            cfg_interval=cfg_interval,
-            progress_bar=not getattr(self, "_progress_bar_config", {}).get("disable", False),
-        )
-        grid = int(math.isqrt(self.transformer.config.block_size))
-        images = decode_ids(self.vqvae, tokens.to(self.vqvae.device), grid_size=grid)
+        # 1. labels -> the transformer's ids (cluster ids for a MASC model)
+        with self.progress_bar(total=self.transformer.config.block_size) as progress_bar:
+
+            def on_token(step: int, tokens: torch.Tensor) -> None:
+                progress_bar.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, step, step, {"tokens": tokens})
+
+            model_ids = self.transformer.generate(
+                labels, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                generator=generator, cfg_interval=cfg_interval, callback=on_token,
+            )
+
+        # 2. cluster ids -> codebook ids: a random member of each cluster (the MASC paper's default)
+        codebook_ids = model_ids if self.cluster_map is None else self.cluster_map.decode(model_ids, generator=generator)
+
+        # 3. codebook ids -> pixels
+        grid = math.isqrt(self.transformer.config.block_size)
+        images = decode_ids(self.vqvae, codebook_ids, grid_size=grid)
         images = self.image_processor.postprocess(images.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -197,7 +217,7 @@ class MASCPipeline(DiffusionPipeline):
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
             num_parameters=f"{sum(p.numel() for p in self.transformer.parameters()):,}",
-            guidance_scale=config.default_guidance_scale,
+            guidance_scale=self.transformer.generation_config.guidance_scale,
             cluster_map=(
                 f"`{cmap.method}` map, N={cmap.num_tokens} -> k={cmap.num_clusters}, fingerprint `{cmap.fingerprint[:16]}`"
                 if cmap is not None
@@ -207,47 +227,3 @@ class MASCPipeline(DiffusionPipeline):
         )
 
 
-def check_pipeline_components(transformer, vqvae, cluster_map) -> None:
-    """Raise a clear error naming the component that does not belong with the others."""
-    if not isinstance(transformer, LlamaGenForImageGeneration):
-        raise MASCError(f"transformer must be a LlamaGenForImageGeneration, got {type(transformer).__name__}")
-    if not isinstance(vqvae, VQModel):
-        raise MASCError(f"vqvae must be a diffusers VQModel, got {type(vqvae).__name__}")
-    config = transformer.config
-    codebook_size = vqvae.config.num_vq_embeddings
-    if config.is_masc:
-        if cluster_map is None:
-            raise ClusterMapMismatchError(
-                f"the transformer is a MASC model (k={config.vocab_size} clusters over N={config.fine_vocab_size} tokens) "
-                "but no cluster_map was given; pass the MASCClusterMap it was trained with"
-            )
-        check_cluster_map(
-            cluster_map,
-            num_tokens=config.fine_vocab_size,
-            num_clusters=config.vocab_size,
-            fingerprint=config.cluster_map_fingerprint,
-            what="the transformer",
-        )
-        fine = config.fine_vocab_size
-    else:
-        if cluster_map is not None:
-            raise ClusterMapMismatchError(
-                "the transformer is flat (it predicts codebook ids directly) but a cluster_map was given; drop cluster_map "
-                "or use a transformer trained on the map"
-            )
-        fine = config.vocab_size
-    if fine != codebook_size:
-        raise MASCError(
-            f"the vqvae's codebook has {codebook_size} entries but the transformer's fine vocabulary is {fine}; "
-            "use the VQ tokenizer the transformer was trained with"
-        )
-    if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
-        check_cluster_map(
-            cluster_map,
-            num_tokens=codebook_size,
-            codebook_fingerprint=codebook_fingerprint(load_codebook_from_vqmodel(vqvae)),
-            what="the vqvae",
-        )
-    grid = math.isqrt(config.block_size)
-    if grid * grid != config.block_size:
-        raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")

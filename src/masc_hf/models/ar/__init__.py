@@ -1,0 +1,28 @@
+"""The AR core shared by every class-conditional image transformer here (LlamaGen now; IAR2 and the
+MASC refinement head next): 2D RoPE, attention over a static KV cache, the decoder layer, sampling
+and the guidance combination."""
+
+from .cache import StaticKVCache
+from .guidance import classifier_free_guidance, guidance_rows
+from .layers import Attention, DecoderLayer, DropPath, RMSNorm, SwiGLU
+from .rope import RotaryEmbedding2D, apply_rope_2d, rope_2d_table
+from .sampling import check_sampling_options, filter_logits, inverse_cdf_sample, per_image_uniforms, sample_next_token
+
+__all__ = [
+    "Attention",
+    "DecoderLayer",
+    "DropPath",
+    "RMSNorm",
+    "RotaryEmbedding2D",
+    "StaticKVCache",
+    "SwiGLU",
+    "apply_rope_2d",
+    "check_sampling_options",
+    "classifier_free_guidance",
+    "filter_logits",
+    "guidance_rows",
+    "inverse_cdf_sample",
+    "per_image_uniforms",
+    "rope_2d_table",
+    "sample_next_token",
+]

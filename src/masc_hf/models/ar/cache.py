@@ -1,0 +1,47 @@
+"""A key/value cache fixed in memory and in shape, written at tensor positions (gpt-fast's layout).
+
+Hand-written rather than ``transformers.StaticCache``: every layer here shares one explicit position
+tensor with the rotary table and the attention mask, while transformers' cache keeps a private
+counter whose contract has changed between releases.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StaticKVCache:
+    """Keys and values of every layer in two buffers ``[layers, rows, kv_heads, max_len, head_dim]``.
+
+    Positions are written in place with ``index_copy_``; attention reads the whole buffer under the
+    mask :meth:`attention_mask`, so every decode step has the same shapes (compilable, and CUDA-graph
+    friendly: the buffers are marked as static addresses).
+    """
+
+    def __init__(
+        self, num_layers: int, rows: int, num_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        shape = (num_layers, rows, num_kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.arange(max_len, device=device)
+        if not torch.compiler.is_compiling():
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.keys.shape)
+
+    def update(
+        self, layer_idx: int, cache_position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``[rows, kv_heads, S, head_dim]`` at ``cache_position`` ``[S]``; return the whole layer's buffers."""
+        layer_keys, layer_values = self.keys[layer_idx], self.values[layer_idx]
+        layer_keys.index_copy_(2, cache_position, keys)
+        layer_values.index_copy_(2, cache_position, values)
+        return layer_keys, layer_values
+
+    def attention_mask(self, cache_position: torch.Tensor) -> torch.Tensor:
+        """``[S, max_len]`` bool: the query at ``cache_position[i]`` sees every position up to its own."""
+        return self.positions[None, :] <= cache_position[:, None]

@@ -1,0 +1,159 @@
+"""The transformer pieces every AR image model here is built from: RMSNorm, SwiGLU, drop path,
+attention with 2D RoPE (causal over a sequence, or over a :class:`StaticKVCache`) and the pre-norm
+decoder layer. Sizes are explicit arguments, so each model builds them from its own config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import StaticKVCache
+from .rope import apply_rope_2d
+
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover - older transformers
+    GradientCheckpointingLayer = nn.Module
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm normalising in float32, casting back, then scaling (LlamaGen's order)."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.float()
+        x = x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + self.eps)
+        return x.type_as(hidden_states) * self.weight
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability p, scale survivors by 1/(1-p)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) attention with one fused q/k/v projection and 2D RoPE."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        layer_idx: int,
+        attention_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = hidden_size // num_heads
+        # q (H * D), k (KV * D), v (KV * D) along the output features
+        self.qkv_proj = nn.Linear(hidden_size, (num_heads + 2 * num_kv_heads) * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.attention_dropout = attention_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: StaticKVCache | None = None,
+        cache_position: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``hidden_states`` ``[B, S, hidden]``. Without a cache the S positions attend causally to each
+        other; with one they are written at ``cache_position`` ``[S]`` and attend to the cache under
+        ``attention_mask`` ``[S, max_len]`` (:meth:`StaticKVCache.attention_mask`)."""
+        batch, length, _ = hidden_states.shape
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        query, key, value = self.qkv_proj(hidden_states).split([q_size, kv_size, kv_size], dim=-1)
+        query = apply_rope_2d(query.view(batch, length, self.num_heads, self.head_dim), cos, sin).transpose(1, 2)
+        key = apply_rope_2d(key.view(batch, length, self.num_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
+        value = value.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(self.layer_idx, cache_position, key, value)
+        if self.num_kv_heads != self.num_heads:
+            key = key.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            value = value.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+        output = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=None if cache is None else attention_mask[None, None],
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=cache is None and length > 1,
+        )
+        output = output.transpose(1, 2).reshape(batch, length, q_size)
+        return self.resid_dropout(self.o_proj(output))
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)), each branch under drop path."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        intermediate_size: int,
+        layer_idx: int,
+        *,
+        norm_eps: float = 1e-5,
+        attention_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden_size, norm_eps)
+        self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, layer_idx, attention_dropout, resid_dropout)
+        self.post_attention_layernorm = RMSNorm(hidden_size, norm_eps)
+        self.mlp = SwiGLU(hidden_size, intermediate_size, ffn_dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: StaticKVCache | None = None,
+        cache_position: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(hidden_states), cos, sin, cache, cache_position, attention_mask)
+        hidden_states = hidden_states + self.drop_path(attn)
+        return hidden_states + self.drop_path(self.mlp(self.post_attention_layernorm(hidden_states)))

@@ -1,0 +1,127 @@
+"""Do these components belong together? The checks made once where components meet (pipeline
+construction, training start, evaluation): a cluster map and the model trained on it, a cluster map
+and the tokenizer whose codebook it groups, a model and the VQ decoder that renders its ids.
+
+Each raises a :class:`~masc_hf.errors.MASCError` subclass that names the component that does not
+fit, and how to get one that does. ``what`` names the other component in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..clustering import check_cluster_map, codebook_fingerprint
+from ..errors import ClusterMapMismatchError, MASCError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffusers import VQModel
+
+    from ..clustering import MASCClusterMap
+
+__all__ = [
+    "check_map_fits_model",
+    "check_map_fits_tokenizer",
+    "check_maps_fit_tokenizer",
+    "check_model_fits_vq",
+    "check_pipeline_components",
+    "tokenizer_fingerprint",
+]
+
+
+def _config(model_or_config: Any):
+    return getattr(model_or_config, "config", model_or_config)
+
+
+def check_map_fits_model(cluster_map: MASCClusterMap | None, model: Any, what: str = "the model") -> None:
+    """A MASC model needs the very map it was trained with (N, k and the map's fingerprint); a flat
+    model takes none. ``model``: a LlamaGen model or its config."""
+    config = _config(model)
+    if not config.is_masc:
+        if cluster_map is not None:
+            raise ClusterMapMismatchError(
+                f"{what} is flat (it predicts codebook ids directly) but a cluster_map was given; drop cluster_map "
+                "or use a model trained on the map"
+            )
+        return
+    if cluster_map is None:
+        raise ClusterMapMismatchError(
+            f"{what} is a MASC model (k={config.vocab_size} clusters over N={config.fine_vocab_size} tokens) "
+            "but no cluster_map was given; pass the MASCClusterMap it was trained with"
+        )
+    check_cluster_map(
+        cluster_map,
+        num_tokens=config.fine_vocab_size,
+        num_clusters=config.vocab_size,
+        fingerprint=config.cluster_map_fingerprint,
+        what=what,
+    )
+
+
+def tokenizer_fingerprint(vqvae: VQModel) -> str:
+    """The codebook fingerprint of a diffusers ``VQModel`` (what a map built from it records)."""
+    from ..tokenizers.codebook import load_codebook_from_vqmodel
+
+    return codebook_fingerprint(load_codebook_from_vqmodel(vqvae))
+
+
+def check_map_fits_tokenizer(cluster_map: MASCClusterMap, vqvae: VQModel, what: str = "the vqvae", fingerprint: str | None = None) -> None:
+    """The map groups this tokenizer's codebook: the same N and codebook fingerprint
+    (``fingerprint``: the tokenizer's, when already computed)."""
+    check_cluster_map(
+        cluster_map,
+        num_tokens=vqvae.config.num_vq_embeddings,
+        codebook_fingerprint=fingerprint or tokenizer_fingerprint(vqvae),
+        what=what,
+    )
+
+
+def check_maps_fit_tokenizer(vqvae: VQModel, cluster_maps: Mapping[str, MASCClusterMap]) -> None:
+    """:func:`check_map_fits_tokenizer` for several named maps; the error names the first that does not fit."""
+    from ..clustering import MASCClusterMap
+
+    if not isinstance(cluster_maps, Mapping) or not cluster_maps:
+        raise MASCError("cluster_maps must be a non-empty mapping name -> MASCClusterMap, e.g. {'masc': cmap}")
+    fingerprint = tokenizer_fingerprint(vqvae)
+    for name, cluster_map in cluster_maps.items():
+        if not isinstance(cluster_map, MASCClusterMap):
+            raise ClusterMapMismatchError(
+                f"cluster map {name!r} is a {type(cluster_map).__name__}, not a MASCClusterMap; load it with MASCClusterMap.from_pretrained"
+            )
+        try:
+            check_map_fits_tokenizer(cluster_map, vqvae, what="this VQ tokenizer", fingerprint=fingerprint)
+        except ClusterMapMismatchError as err:
+            raise ClusterMapMismatchError(f"cluster map {name!r}: {err}") from None
+
+
+def check_model_fits_vq(model: Any, vqvae: VQModel) -> None:
+    """The model's codebook ids are the VQ's (its fine vocabulary is the codebook size) and its tokens
+    form the square grid the VQ decodes."""
+    config = _config(model)
+    codebook_size = vqvae.config.num_vq_embeddings
+    fine = config.fine_vocab_size if config.is_masc else config.vocab_size
+    if fine != codebook_size:
+        raise MASCError(
+            f"the vqvae's codebook has {codebook_size} entries but the transformer's fine vocabulary is {fine}; "
+            "use the VQ tokenizer the transformer was trained with"
+        )
+    grid = math.isqrt(config.block_size)
+    if grid * grid != config.block_size:
+        raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")
+
+
+def check_pipeline_components(transformer, vqvae, cluster_map) -> None:
+    """Everything :class:`~masc_hf.MASCPipeline` needs: types, map and model, model and VQ, map and VQ."""
+    from diffusers import VQModel
+
+    from ..models import LlamaGenForImageGeneration
+
+    if not isinstance(transformer, LlamaGenForImageGeneration):
+        raise MASCError(f"transformer must be a LlamaGenForImageGeneration, got {type(transformer).__name__}")
+    if not isinstance(vqvae, VQModel):
+        raise MASCError(f"vqvae must be a diffusers VQModel, got {type(vqvae).__name__}")
+    check_map_fits_model(cluster_map, transformer, what="the transformer")
+    check_model_fits_vq(transformer, vqvae)
+    if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
+        check_map_fits_tokenizer(cluster_map, vqvae)
