@@ -141,27 +141,34 @@ class ClassifierEvaluator:
         import numpy as np
         import torch
 
-        n = self.settings.eval_per_class
-        labels = torch.arange(model.config.num_classes).repeat_interleave(n)
+        from masc_hf.pipelines import MASCPipeline
+
+        pipe = MASCPipeline(transformer=model, vqvae=self.vqvae, cluster_map=self.cluster_map)
+        pipe.set_progress_bar_config(disable=True)
+        labels = np.repeat(np.arange(model.config.num_classes), self.settings.eval_per_class)
         generator = torch.Generator().manual_seed(self.settings.eval_seed)
-        ids = model.generate(labels, guidance_scale=self.settings.guidance_scale, generator=generator)
-        fine_ids = ids if self.cluster_map is None else self.cluster_map.decode(ids, generator=generator)
-        fid, predicted = self.score(fine_ids)
-        return {"fid": fid, "class_consistency": float(np.mean(predicted == labels.numpy()))}
+        images = pipe(labels.tolist(), generator=generator, guidance_scale=self.settings.guidance_scale, output_type="pt").images
+        fid, predicted = self.score_images(images)
+        return {"fid": fid, "class_consistency": float(np.mean(predicted == labels))}
 
     def score(self, fine_ids) -> tuple[float, object]:
-        """FID (classifier features, against the real test images) and predicted classes of the
-        images the tokenizer decodes from ``fine_ids`` ``[n, h*w]``."""
+        """FID and predicted classes of the images the tokenizer decodes from ``fine_ids`` ``[n, h*w]``."""
         import torch
 
-        from masc_hf.evaluation.frechet import feature_statistics, frechet_distance
         from masc_hf.tokenizers.vq import decode_ids
 
         with torch.no_grad():
-            images = ((decode_ids(self.vqvae, fine_ids).clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
-        side = images.shape[-1] - 2 * self.pad
-        mu, sigma = feature_statistics(self.classifier.features(images, center_crop=side))
-        return frechet_distance(mu, sigma, self.mu, self.sigma), self.classifier.predict(images, center_crop=side)
+            return self.score_images(((decode_ids(self.vqvae, fine_ids).clamp(-1, 1) + 1) / 2))
+
+    def score_images(self, images) -> tuple[float, object]:
+        """FID (classifier features, against the real test images) and predicted classes of ``[n, 3, H, W]``
+        images in [0, 1] (the tokenizer's padded canvas)."""
+        from masc_hf.evaluation.frechet import feature_statistics, frechet_distance
+
+        gray = images.float().mean(dim=1, keepdim=True)
+        side = gray.shape[-1] - 2 * self.pad
+        mu, sigma = feature_statistics(self.classifier.features(gray, center_crop=side))
+        return frechet_distance(mu, sigma, self.mu, self.sigma), self.classifier.predict(gray, center_crop=side)
 
 
 def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> dict:
@@ -170,7 +177,8 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
 
     torch.set_num_threads(1)  # runs go side by side, one core each
     from masc_hf.clustering import MASCClusterMap
-    from masc_hf.training import TrainingArguments, train
+    from masc_hf.data import CodeShardDataset
+    from masc_hf.training import ARTrainingArguments, model_for_codes, train
 
     run_dir = Path(settings.workdir) / (f"runs-{settings.tag}" if settings.tag else "runs") / f"{method}-seed{seed}"
     result_path = run_dir / "result.json"
@@ -188,13 +196,16 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
         "multiple_of": 64, "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1,
     }
     start = time.perf_counter()
+    dataset = CodeShardDataset(shared["codes_dir"], cluster_map=cluster_map, seed=seed)
     summary = train(
-        TrainingArguments(
-            codes_dir=shared["codes_dir"], output_dir=str(run_dir), preset=None, model_config=model_config, cluster_map=map_dir,
-            max_steps=settings.steps, global_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        model_for_codes(dataset, model_config=model_config, cluster_map=cluster_map, seed=seed),
+        dataset,
+        ARTrainingArguments(
+            output_dir=str(run_dir), max_steps=settings.steps, global_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             warmup_steps=settings.warmup_steps, mixed_precision="no", checkpoint_every=100, keep_checkpoints=1,
             log_every=25, eval_every=settings.eval_every, seed=seed, log_with=None, progress=False, resume="latest",
         ),
+        cluster_map=cluster_map,
         eval_fn=ClassifierEvaluator(settings, shared, cluster_map),
     )
     result = {
@@ -285,6 +296,8 @@ def _fmt(pair, digits: int = 3, percent: bool = False) -> str:
 
 
 def report(settings: Table1Settings, shared: dict, results: list[dict], replacement: dict, elapsed: float, command: str) -> Path:
+    from masc_hf._io import write_text_atomic
+
     from masc_hf.evaluation import training_acceleration
 
     out = Path(settings.results_dir)
@@ -359,8 +372,8 @@ kmeans and kmeans++ maps change with the seed, centroid and masc maps are determ
 Raw figures: `table1_fashion_mnist.json`. Plots: `table1_fashion_mnist_fid.png` (FID during training), `table1_fashion_mnist_consistency.png`,
 `table1_fashion_mnist_training.png` (loss and entropy, seed 0), `table1_fashion_mnist_entropy_per_position.png`.
 """
-    (out / "table1_fashion_mnist.md").write_text(text)
-    (out / "table1_fashion_mnist.json").write_text(
+    write_text_atomic(out / "table1_fashion_mnist.md", text)
+    write_text_atomic(out / "table1_fashion_mnist.json", 
         json.dumps({"settings": asdict(settings), "machine": machine, "command": command, "replacement": replacement, "methods": raw}, indent=1, default=str)
         + "\n"
     )

@@ -3,23 +3,68 @@
     accelerate launch recipes/train.py --codes_dir codes/imagenet-256 --output_dir runs/gpt-b-masc \\
         --preset GPT-B-256 --cluster_map maps/masc-8192 --global_batch_size 256
 
-Every option is a field of ``masc_hf.training.TrainingArguments`` (``--help`` lists them with the
-paper's defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir.
+This script turns paths and flags into objects (the code shards, the map, a model that fits them, the
+VQ tokenizer) and hands them to ``masc_hf.training.train``. ``--help`` lists every option: the fields
+of ``RecipeArguments`` below and of ``masc_hf.training.ARTrainingArguments`` (with the paper's
+defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir.
 """
 
 import logging
+import sys
+from dataclasses import dataclass
 
 from transformers import HfArgumentParser
 
-from masc_hf.training import TrainingArguments, train
+from masc_hf.errors import MASCError
+from masc_hf.training import ARTrainingArguments, train
 
 
-def main() -> None:
+@dataclass
+class RecipeArguments:
+    """Where the data and the model come from (``--model_config``/``--init_from`` replace ``--preset``)."""
+
+    codes_dir: str
+    preset: str | None = "GPT-B-256"  # vocabulary, classes and block size follow the data and the map
+    model_config: str | None = None  # JSON file of LlamaGenConfig fields
+    init_from: str | None = None  # a saved model directory, e.g. masc-hf convert-llamagen --cluster-map output
+    cluster_map: str | None = None  # train on this map's cluster ids
+    vq: str | None = None  # the VQModel directory: also write a MASCPipeline at the end
+    class_dropout_prob: float = 0.1  # for a new model: label dropout, which classifier-free guidance needs
+
+
+def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
+    """The objects ``train`` takes, from the recipe's paths (each checked as it is read)."""
+    from masc_hf.clustering import MASCClusterMap
+    from masc_hf.data import CodeShardDataset
+    from masc_hf.training import model_for_codes
+
+    none = ("", "none", "None")
+    paths = {name: (value if value not in none else None) for name, value in vars(recipe).items()}
+    cluster_map = MASCClusterMap.from_pretrained(paths["cluster_map"]) if paths["cluster_map"] else None
+    dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed)
+    model = model_for_codes(
+        dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
+        cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
+    )
+    vqvae = None
+    if paths["vq"]:
+        from masc_hf.data.extract import load_vqmodel
+
+        vqvae = load_vqmodel(paths["vq"])
+    return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae}
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
-    summary = train(args)
-    logging.getLogger("train").info("finished at step %d, loss %.4f", summary["global_step"], summary["loss"])
+    recipe, args = HfArgumentParser((RecipeArguments, ARTrainingArguments)).parse_args_into_dataclasses(argv)
+    try:
+        output = train(args=args, **load_objects(recipe, args))
+    except MASCError as err:  # bad input: one clear line, no traceback
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("train").info("finished at step %d, loss %.4f", output.global_step, output.loss)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -45,21 +45,34 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Yield a file open on a temporary name beside ``path``; when the block ends normally the file
-    gets the usual permissions (``0o666`` less the umask, not ``mkstemp``'s ``0o600``) and is renamed
-    over ``path``; when it raises, the temporary file is deleted and ``path`` is untouched."""
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a new, empty file's path beside ``path`` (created exclusively under an unpredictable
+    name) for a writer that takes a path (safetensors, PIL, parquet, zip). When the block ends
+    normally the file gets the usual permissions (``0o666`` less the umask, not ``mkstemp``'s
+    ``0o600``), is flushed to disk if ``fsync``, and is renamed over ``path``; when it raises, the
+    temporary file is deleted and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
-            yield handle
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Yield a file open on a temporary name beside ``path``, renamed over ``path`` when the block
+    ends normally (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as handle:
+        yield handle
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -8,7 +8,8 @@ Steps (each through the library's real code path):
    of the images, exactly as ImageNet goes through ``recipes/extract_codes.py``.
 4. A MASC cluster map of the tokenizer's codebook (k = N / 2).
 5. A small LlamaGen trained on the cluster ids with ``masc_hf.training.train`` (the code behind
-   ``recipes/train.py``), which also writes a ``MASCPipeline`` directory.
+   ``recipes/train.py``), given the map and the tokenizer as objects; it also writes a
+   ``MASCPipeline`` directory.
 6. ``samples.png``: one row per class, named; and class consistency: the share of generated images
    that a classifier trained on the real training images assigns to their conditioning class,
    beside that classifier's accuracy on the real test set.
@@ -21,6 +22,8 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ._io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +68,12 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     import torch
 
     from .clustering import build_cluster_map
+    from .data import CodeShardDataset
     from .evaluation.classifier import class_consistency, train_classifier
     from .pipelines import MASCPipeline
     from .pipelines.grid import save_image_grid
     from .tokenizers import export_codebook
-    from .training import TrainingArguments, train
+    from .training import ARTrainingArguments, model_for_codes, train
 
     settings = settings or QUICKSTART_PRESETS[preset]
     out = Path(out_dir)
@@ -84,10 +88,11 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     t = _stage("4/6 MASC cluster map")
     codebook = export_codebook(vqvae)
     cluster_map = build_cluster_map(codebook, settings.num_clusters, method="masc", source_tokenizer="quickstart VQ (Fashion-MNIST)")
-    map_dir = cluster_map.save_pretrained(out / "cluster_map")
+    cluster_map.save_pretrained(out / "cluster_map")  # an artifact to inspect; the run uses the object
     timings["map"] = time.perf_counter() - t
 
     t = _stage("5/6 LlamaGen on cluster ids")
+    dataset = CodeShardDataset(codes_dir, cluster_map=cluster_map, seed=settings.seed)
     model_config = {
         "hidden_size": settings.hidden_size,
         "num_hidden_layers": settings.num_layers,
@@ -96,20 +101,24 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
         "token_dropout": 0.1,
         "resid_dropout": 0.1,
         "ffn_dropout": 0.1,
-        "default_guidance_scale": settings.guidance_scale,
     }
-    summary = train(
-        TrainingArguments(
-            codes_dir=str(codes_dir), output_dir=str(out / "run"), preset=None, model_config=model_config,
-            cluster_map=str(map_dir), vq=str(vq_dir), max_steps=settings.steps, global_batch_size=settings.batch_size,
+    model = model_for_codes(dataset, model_config=model_config, cluster_map=cluster_map, seed=settings.seed)
+    model.generation_config.guidance_scale = settings.guidance_scale
+    output = train(
+        model,
+        dataset,
+        ARTrainingArguments(
+            output_dir=str(out / "run"), max_steps=settings.steps, global_batch_size=settings.batch_size,
             learning_rate=settings.learning_rate, warmup_steps=min(100, settings.steps // 10), mixed_precision="no",
             checkpoint_every=max(settings.steps // 2, 1), log_every=50, seed=settings.seed, log_with=None, progress=progress,
-        )
+        ),
+        cluster_map=cluster_map,
+        vqvae=vqvae,
     )
     timings["train"] = time.perf_counter() - t
 
     t = _stage("6/6 samples and class consistency")
-    pipe = MASCPipeline.from_pretrained(summary["pipeline_dir"])
+    pipe = MASCPipeline(transformer=output.model, vqvae=vqvae, cluster_map=cluster_map, id2label=dict(enumerate(class_names)))
     pipe.set_progress_bar_config(disable=not progress)
     n = settings.samples_per_class
     generator = torch.Generator().manual_seed(settings.seed)
@@ -131,14 +140,14 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
         "classifier_test_accuracy": accuracy,
         "chance": 0.1,
         "vq": {k: v for k, v in vq_stats.items() if isinstance(v, (int, float, str))},
-        "final_loss": summary["loss"],
-        "final_entropy_normalized": summary["history"][-1]["entropy_normalized"] if summary["history"] else None,
+        "final_loss": output.loss,
+        "final_entropy_normalized": output.history[-1]["entropy_normalized"] if output.history else None,
         "samples": str(out / "samples.png"),
-        "pipeline": summary["pipeline_dir"],
+        "pipeline": output.pipeline_dir,
         "seconds": timings,
         "settings": asdict(settings),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -214,7 +223,6 @@ def write_image_parquet(images, labels, class_names: list[str], pad: int, direct
         table = Dataset.from_dict(
             {"image": [PIL.Image.fromarray(np.pad(im, pad)) for im in images], "label": [int(x) for x in labels]}, features=features
         )
-        tmp = directory / f".{name}.parquet.tmp"
-        table.to_parquet(str(tmp))
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            table.to_parquet(str(tmp))
     return directory

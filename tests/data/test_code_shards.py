@@ -153,3 +153,20 @@ def test_cluster_map_is_checked_against_the_manifest_fingerprint(tmp_path):
     wrong_size = build_cluster_map(np.random.default_rng(1).normal(size=(N_TOKENS + 1, 4)), 4, compute_quality=False)
     with pytest.raises(ClusterMapMismatchError, match="N=41 tokens"):
         CodeShardDataset(tmp_path, wrong_size)
+
+
+def test_ids_outside_the_codebook_are_refused_where_they_enter(tmp_path):
+    """The trainer does not range-check ids on every step (a host sync): the dataset does, per example."""
+    from masc_hf.data.code_shards import CodeShardDataset, CodeShardManifest, CodeShardWriter
+    from masc_hf.errors import DataError
+
+    manifest = CodeShardManifest(tokenizer_fingerprint="f" * 64, num_tokens=8, image_size=8, grid_size=(2, 2), shard_size=4)
+    writer = CodeShardWriter(tmp_path / "codes", manifest)
+    codes = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], dtype=np.int16)[:, None, :]
+    writer.write_shard(0, codes, np.array([0, 1]), num_raw=2)
+    writer.finish(1)
+    dataset = CodeShardDataset(tmp_path / "codes", seed=0)
+    dataset.manifest.num_tokens = 6  # shards that no longer fit their manifest (edited or corrupt files)
+    assert dataset[0][0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(DataError, match=r"token ids in \[4, 7\] but the tokenizer has 6 codes"):
+        dataset[1]

@@ -12,20 +12,25 @@ import pytest
 import torch
 
 from masc_hf import MASCClusterMap, build_cluster_map
-from masc_hf.training import TrainingArguments, latest_checkpoint, prediction_entropy, train
+from masc_hf.data import CodeShardDataset
+from masc_hf.training import ARTrainingArguments, latest_checkpoint, model_for_codes, prediction_entropy, train
 from masc_hf.training.trainer import TrainingError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def args_for(codes_dir, out, model_config_file, **kw):
+def args_for(codes_dir, out, model_config_file, eval_fn=None, cluster_map=None, **kw):
+    """A tiny run as recipes/train.py sets it up: paths -> objects -> train()."""
     base = dict(
-        codes_dir=str(codes_dir), output_dir=str(out), preset=None, model_config=str(model_config_file),
-        global_batch_size=16, max_steps=12, learning_rate=3e-3, mixed_precision="no", checkpoint_every=4,
-        log_every=2, progress=False, log_with=None, seed=0,
+        output_dir=str(out), global_batch_size=16, max_steps=12, learning_rate=3e-3, mixed_precision="no",
+        checkpoint_every=4, log_every=2, progress=False, log_with=None, seed=0,
     )
     base.update(kw)
-    return TrainingArguments(**base)
+    args = ARTrainingArguments(**base)
+    cmap = MASCClusterMap.from_pretrained(cluster_map) if cluster_map else None
+    dataset = CodeShardDataset(codes_dir, cluster_map=cmap, seed=args.seed)
+    model = model_for_codes(dataset, model_config=model_config_file, cluster_map=cmap, seed=args.seed)
+    return dict(model=model, train_dataset=dataset, args=args, cluster_map=cmap, eval_fn=eval_fn)
 
 
 def test_prediction_entropy_matches_definition():
@@ -38,7 +43,7 @@ def test_prediction_entropy_matches_definition():
 
 
 def test_flat_training_learns_and_writes_a_model(codes_dir, tmp_path, model_config_file):
-    summary = train(args_for(codes_dir, tmp_path / "run", model_config_file, max_steps=30, checkpoint_every=10))
+    summary = train(**args_for(codes_dir, tmp_path / "run", model_config_file, max_steps=30, checkpoint_every=10))
     history = summary["history"]
     assert summary["global_step"] == 30 and len(history) == 15
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
@@ -61,7 +66,7 @@ def test_masc_training_predicts_cluster_ids(codes_dir, tmp_path, model_config_fi
     cmap = build_cluster_map(np.random.default_rng(0).standard_normal((32, 4)), 8, compute_quality=False)
     cmap.codebook_fingerprint = "f" * 64  # the synthetic shards' tokenizer
     cmap.save_pretrained(tmp_path / "map")
-    summary = train(args_for(codes_dir, tmp_path / "run", model_config_file, cluster_map=str(tmp_path / "map"), max_steps=6))
+    summary = train(**args_for(codes_dir, tmp_path / "run", model_config_file, cluster_map=str(tmp_path / "map"), max_steps=6))
     from masc_hf.models import LlamaGenForImageGeneration
 
     model = LlamaGenForImageGeneration.from_pretrained(summary["model_dir"])
@@ -73,14 +78,14 @@ def test_masc_training_predicts_cluster_ids(codes_dir, tmp_path, model_config_fi
 
 
 def test_resume_continues_exactly(codes_dir, tmp_path, model_config_file):
-    straight = train(args_for(codes_dir, tmp_path / "a", model_config_file, ema_decay=0.9))
+    straight = train(**args_for(codes_dir, tmp_path / "a", model_config_file, ema_decay=0.9))
     # the same run again, then drop its last checkpoint and resume from step 8 to 12
-    first = train(args_for(codes_dir, tmp_path / "c", model_config_file, ema_decay=0.9, max_steps=12, checkpoint_every=4))
+    first = train(**args_for(codes_dir, tmp_path / "c", model_config_file, ema_decay=0.9, max_steps=12, checkpoint_every=4))
     assert first["loss"] == straight["loss"]  # deterministic on CPU
     import shutil
 
     shutil.rmtree(tmp_path / "c" / "checkpoint-12")
-    resumed = train(args_for(codes_dir, tmp_path / "c", model_config_file, ema_decay=0.9, resume="latest"))
+    resumed = train(**args_for(codes_dir, tmp_path / "c", model_config_file, ema_decay=0.9, resume="latest"))
     assert resumed["global_step"] == 12 and resumed["loss"] == straight["loss"]
     from safetensors.torch import load_file
 
@@ -90,7 +95,7 @@ def test_resume_continues_exactly(codes_dir, tmp_path, model_config_file):
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(codes_dir, tmp_path, model_config_file):
-    reference = train(args_for(codes_dir, tmp_path / "ref", model_config_file, max_steps=24, checkpoint_every=4))
+    reference = train(**args_for(codes_dir, tmp_path / "ref", model_config_file, max_steps=24, checkpoint_every=4))
     cmd = [
         sys.executable, str(REPO / "recipes" / "train.py"), "--codes_dir", str(codes_dir), "--output_dir", str(tmp_path / "run"),
         "--preset", "", "--model_config", str(model_config_file), "--global_batch_size", "16", "--max_steps", "24",
@@ -116,17 +121,17 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(codes_dir, tmp_path, 
 
 def test_bad_arguments(codes_dir, tmp_path, model_config_file):
     with pytest.raises(TrainingError, match="not divisible"):
-        train(args_for(codes_dir, tmp_path / "x", model_config_file, global_batch_size=15, gradient_accumulation_steps=2))
+        train(**args_for(codes_dir, tmp_path / "x", model_config_file, global_batch_size=15, gradient_accumulation_steps=2))
     with pytest.raises(TrainingError, match="fewer than one global batch"):
-        train(args_for(codes_dir, tmp_path / "x", model_config_file, global_batch_size=128))
+        train(**args_for(codes_dir, tmp_path / "x", model_config_file, global_batch_size=128))
     with pytest.raises(TrainingError, match="not a complete checkpoint"):
-        train(args_for(codes_dir, tmp_path / "x", model_config_file, resume=str(tmp_path / "nowhere")))
+        train(**args_for(codes_dir, tmp_path / "x", model_config_file, resume=str(tmp_path / "nowhere")))
     other = build_cluster_map(np.random.default_rng(0).standard_normal((32, 4)), 8, compute_quality=False)
     other.save_pretrained(tmp_path / "map")
     from masc_hf.errors import ClusterMapMismatchError
 
     with pytest.raises(ClusterMapMismatchError):
-        train(args_for(codes_dir, tmp_path / "x", model_config_file, cluster_map=str(tmp_path / "map")))
+        train(**args_for(codes_dir, tmp_path / "x", model_config_file, cluster_map=str(tmp_path / "map")))
 
 
 def test_eval_fn_runs_on_schedule_in_eval_mode_and_survives_resume(codes_dir, tmp_path, model_config_file):
@@ -138,20 +143,20 @@ def test_eval_fn_runs_on_schedule_in_eval_mode_and_survives_resume(codes_dir, tm
         calls.append(step)
         return {"weight_sum": float(sum(p.double().sum() for p in model.parameters()))}
 
-    straight = train(args_for(codes_dir, tmp_path / "a", model_config_file, eval_every=5), eval_fn=eval_fn)
+    straight = train(**args_for(codes_dir, tmp_path / "a", model_config_file, eval_every=5, eval_fn=eval_fn))
     assert calls == [5, 10, 12]  # every eval_every steps and the last one
     logged = json.loads((tmp_path / "a" / "eval_history.json").read_text())
     assert [r["step"] for r in logged] == [5, 10, 12] and logged == straight["eval_history"]
 
     # killed after step 8 (checkpoint-8 is the last complete one): the step-10 record must go
-    train(args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5), eval_fn=eval_fn)
+    train(**args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5, eval_fn=eval_fn))
     import shutil
 
     shutil.rmtree(tmp_path / "b" / "checkpoint-12")
     calls.clear()
-    resumed = train(args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5, resume="latest"), eval_fn=eval_fn)
+    resumed = train(**args_for(codes_dir, tmp_path / "b", model_config_file, eval_every=5, resume="latest", eval_fn=eval_fn))
     assert calls == [10, 12]
     assert resumed["eval_history"] == logged  # same steps, same weights, same metric
     # a training loop without eval_fn writes no eval log
-    train(args_for(codes_dir, tmp_path / "c", model_config_file, max_steps=2))
+    train(**args_for(codes_dir, tmp_path / "c", model_config_file, max_steps=2))
     assert not (tmp_path / "c" / "eval_history.json").exists()

@@ -23,7 +23,6 @@ not depend on where a run was interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._io import atomic_path
 from ..errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,7 +136,7 @@ class CodeShardManifest:
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / MANIFEST_NAME
-        with atomic_path(path) as tmp:
+        with atomic_path(path, fsync=True) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
@@ -153,21 +153,6 @@ class CodeShardManifest:
         from ..clustering import check_cluster_map
 
         check_cluster_map(cluster_map, num_tokens=self.num_tokens, codebook_fingerprint=self.tokenizer_fingerprint, what=what)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it onto
-    ``path``; on failure remove it. Readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class CodeShardWriter:
@@ -200,7 +185,7 @@ class CodeShardWriter:
             start.num_shards = start.num_examples = start.num_skipped = 0
             start.save(self.directory)
         prefix = f".{self._stem()}-"
-        for stale in self.directory.glob(f"{prefix}*.tmp-*"):  # our own leftovers from a killed run
+        for stale in self.directory.glob(f"{prefix}*.tmp"):  # our own leftovers from a killed run
             stale.unlink(missing_ok=True)
 
     def _stem(self) -> str:
@@ -258,7 +243,7 @@ class CodeShardWriter:
         }
         path = self.shard_path(index)
         tensors = {"codes": np.ascontiguousarray(codes, dtype=m.codes_dtype), "labels": np.ascontiguousarray(labels)}
-        with atomic_path(path) as tmp:
+        with atomic_path(path, fsync=True) as tmp:
             save_file(tensors, str(tmp), metadata={key: json.dumps(value) for key, value in metadata.items()})
         return path
 
@@ -268,7 +253,7 @@ class CodeShardWriter:
         missing = [i for i in range(num_shards) if not self.has_shard(i)]
         if missing:
             raise DataError(f"rank {self.rank} cannot finish: shards {missing[:5]} are missing from {self.directory}; rerun to write them")
-        with atomic_path(self.progress_path) as tmp:
+        with atomic_path(self.progress_path, fsync=True) as tmp:
             tmp.write_text(json.dumps({"rank": self.rank, "num_shards": num_shards}) + "\n")
         try:
             return finalize_code_shards(self.directory)
@@ -422,9 +407,18 @@ class CodeShardDataset(torch.utils.data.Dataset):
         view = self.augmentation if self.augmentation is not None else int(self._epoch_views()[index])
         fine_ids = torch.from_numpy(np.asarray(codes[row, view], dtype=np.int64))
         label = torch.tensor(int(labels[row]), dtype=torch.long)
+        self._check_ids(fine_ids, index)  # ids are checked here, where they enter training
         if self.cluster_map is not None:
             return self.cluster_map.encode(fine_ids), label
         return fine_ids, label
+
+    def _check_ids(self, fine_ids: torch.Tensor, index: int) -> None:
+        num_tokens = self.manifest.num_tokens
+        if int(fine_ids.min()) < 0 or int(fine_ids.max()) >= num_tokens:
+            raise DataError(
+                f"example {index} of {self.directory} holds token ids in [{int(fine_ids.min())}, {int(fine_ids.max())}] "
+                f"but the tokenizer has {num_tokens} codes; the shards are corrupt: rerun the extraction"
+            )
 
     def _epoch_views(self) -> np.ndarray:
         if self._views is None:

@@ -66,7 +66,7 @@ def entropy_per_position(
     """
     from torch.utils.data import DataLoader, Subset, TensorDataset
 
-    from ..training.trainer import entropy_bits
+    from ..models.ar import entropy_bits
 
     config = model.config
     if cluster_map is not None:

@@ -9,6 +9,8 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
+from .._io import atomic_path
+
 
 def make_image_grid(images: list[PIL.Image.Image], rows: int, row_labels: list[str] | None = None, label_width: int | None = None) -> PIL.Image.Image:
     """Images laid out row by row (``len(images) / rows`` columns); optional label column on the left."""
@@ -34,9 +36,7 @@ def make_image_grid(images: list[PIL.Image.Image], rows: int, row_labels: list[s
 def save_image_grid(images, rows: int, path: str | os.PathLike, row_labels: list[str] | None = None) -> Path:
     """Write the grid to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_image_grid(list(images), rows, row_labels)
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
     return path

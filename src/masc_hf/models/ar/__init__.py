@@ -6,7 +6,15 @@ from .cache import StaticKVCache
 from .guidance import classifier_free_guidance, guidance_rows
 from .layers import Attention, DecoderLayer, DropPath, RMSNorm, SwiGLU
 from .rope import RotaryEmbedding2D, apply_rope_2d, rope_2d_table
-from .sampling import check_sampling_options, filter_logits, inverse_cdf_sample, per_image_uniforms, sample_next_token
+from .sampling import (
+    check_sampling_options,
+    entropy_bits,
+    filter_logits,
+    inverse_cdf_sample,
+    per_image_uniforms,
+    prediction_entropy,
+    sample_next_token,
+)
 
 __all__ = [
     "Attention",
@@ -19,10 +27,12 @@ __all__ = [
     "apply_rope_2d",
     "check_sampling_options",
     "classifier_free_guidance",
+    "entropy_bits",
     "filter_logits",
     "guidance_rows",
     "inverse_cdf_sample",
     "per_image_uniforms",
+    "prediction_entropy",
     "rope_2d_table",
     "sample_next_token",
 ]

@@ -3,6 +3,8 @@ image (inverse CDF at uniforms drawn from each image's own generator)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...errors import ModelInputError
@@ -95,3 +97,18 @@ def check_sampling_options(guidance_scale: float, temperature: float, top_k: int
         raise ModelInputError(f"top_p={top_p} must be in (0, 1]; use 1.0 to turn nucleus sampling off")
     if int(cfg_interval) != cfg_interval or cfg_interval < -1:
         raise ModelInputError(f"cfg_interval={cfg_interval} must be -1 (always guide) or a step index >= 0")
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits of ``softmax(logits)`` at every position: ``[..., V]`` -> ``[...]``
+    (the MASC paper's Eq. 6 before averaging; the evaluation protocol around it is
+    :func:`masc_hf.evaluation.entropy_per_position`)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(2)
+
+
+def prediction_entropy(logits: torch.Tensor) -> tuple[float, float]:
+    """Mean Shannon entropy in bits of ``softmax(logits)`` over all positions (Eq. 6), and the same
+    divided by ``log2(V)`` (normalised entropy: 1 is uniform). ``logits``: ``[..., V]``."""
+    value = float(entropy_bits(logits).mean())
+    return value, value / math.log2(logits.shape[-1])

@@ -220,6 +220,14 @@ class LlamaGenConfig(PretrainedConfig):
     def is_masc(self) -> bool:
         return self.fine_vocab_size is not None
 
+    @property
+    def architecture_name(self) -> str | None:
+        """``"GPT-B"`` ... ``"GPT-3B"`` when width and depth are one of LlamaGen's sizes, else ``None``."""
+        for name, arch in _ARCHITECTURES.items():
+            if (arch["hidden_size"], arch["num_hidden_layers"]) == (self.hidden_size, self.num_hidden_layers):
+                return name
+        return None
+
     # ---- constructors --------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> LlamaGenConfig:
