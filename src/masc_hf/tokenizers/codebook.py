@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checkpoints import TORCH_SUFFIXES
 from ..errors import CodebookError
 from ..clustering.codebook import l2_normalize as l2_normalize_rows  # one implementation for every loader
 
@@ -24,7 +25,8 @@ from ..clustering.codebook import l2_normalize as l2_normalize_rows  # one imple
 CODEBOOK_KEY = "quantize.embedding.weight"
 VQMODEL_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _VQMODEL_INDEX = VQMODEL_WEIGHTS_NAME + ".index.json"
-_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# Where LlamaGen's VQ scripts look for the state dict in a .pt file, in their order.
+LLAMAGEN_VQ_WRAPPERS = ("ema", "model", "state_dict")
 
 
 def load_codebook_from_vqmodel(path_or_model: Any) -> np.ndarray:
@@ -61,15 +63,15 @@ def load_codebook_from_llamagen_checkpoint(path: str | os.PathLike) -> np.ndarra
         raise CodebookError(f"LlamaGen VQ checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         raw = _read_tensor(path, CODEBOOK_KEY, np.float64)
-    elif path.suffix in _TORCH_SUFFIXES:
-        from .convert_vq import load_llamagen_state_dict
+    elif path.suffix in TORCH_SUFFIXES:
+        from .._checkpoints import read_state_dict
 
-        state_dict = load_llamagen_state_dict(path)
+        state_dict = read_state_dict(path, wrappers=LLAMAGEN_VQ_WRAPPERS)
         if CODEBOOK_KEY not in state_dict:
             raise CodebookError(_missing_key_message(path, list(state_dict)))
         raw = state_dict[CODEBOOK_KEY].detach().double().numpy()
     else:
-        raise CodebookError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or one of {list(_TORCH_SUFFIXES)}")
+        raise CodebookError(f"{path}: unknown checkpoint format {path.suffix!r}; expected .safetensors or one of {list(TORCH_SUFFIXES)}")
     return _checked(l2_normalize_rows(raw), path)
 
 

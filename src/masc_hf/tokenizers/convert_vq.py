@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import CheckpointError
+from .._checkpoints import read_state_dict
 from .._io import staged_dir
-from .codebook import CODEBOOK_KEY, VQMODEL_WEIGHTS_NAME, l2_normalize_rows
+from .codebook import CODEBOOK_KEY, LLAMAGEN_VQ_WRAPPERS, VQMODEL_WEIGHTS_NAME, l2_normalize_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -62,8 +63,6 @@ logger = logging.getLogger(__name__)
 GROUPNORM_GROUPS = 32  # LlamaGen's GroupNorm and diffusers' norm_num_groups
 # Buffers of the original state dict that inference never reads.
 DROPPED_KEYS = frozenset({"quantize.codebook_used"})
-# Where a LlamaGen checkpoint keeps its state dict, in the order LlamaGen's own scripts look.
-_STATE_DICT_WRAPPERS = ("ema", "model", "state_dict")
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,41 +383,11 @@ def convert_llamagen_vq_state_dict(
 
 
 def load_llamagen_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict of an original LlamaGen checkpoint: a ``.safetensors`` file, or a torch
+    """The state dict of an original LlamaGen VQ checkpoint: a ``.safetensors`` file, or a torch
     file read with ``weights_only=True`` whose state dict may sit under ``"ema"``, ``"model"``
-    or ``"state_dict"`` (first present wins, as in LlamaGen's scripts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise CheckpointError(
-            f"{path} cannot be read with torch.load(weights_only=True): {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
-            "Only plain tensor state dicts are loaded; re-save the state dict with torch.save or safetensors"
-        ) from None
-    if isinstance(obj, Mapping):
-        for wrapper in _STATE_DICT_WRAPPERS:
-            if isinstance(obj.get(wrapper), Mapping):
-                logger.info("using the %r state dict of %s", wrapper, path)
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors, possibly under {list(_STATE_DICT_WRAPPERS)})")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: entries {_some(not_tensors)} are not tensors; expected a state dict of tensors")
-    if all(str(k).startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+    or ``"state_dict"`` (first present wins, as in LlamaGen's VQ scripts). See
+    :func:`masc_hf._checkpoints.read_state_dict`."""
+    return read_state_dict(path, wrappers=LLAMAGEN_VQ_WRAPPERS)
 
 
 def load_llamagen_vq(

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..._checkpoints import read_state_dict
 from ..._io import staged_dir
 from ...errors import CheckpointError
 from .configuration_llamagen import LlamaGenConfig
@@ -46,8 +47,6 @@ _KEY_RULES: list[tuple[re.Pattern[str], str]] = [
 _IGNORED_KEYS = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 # Our keys whose size is the vocabulary (re-initialised when starting a MASC model).
 VOCABULARY_KEYS = ("embed_tokens.weight", "lm_head.weight")
-# Wrappers that may prefix every key (DDP, torch.compile).
-_PREFIXES = ("module.", "_orig_mod.")
 _STATE_DICT_KEYS = ("model", "ema", "module", "state_dict")
 
 
@@ -67,46 +66,11 @@ def hf_key(original_key: str) -> str | None:
 def load_original_state_dict(path: str | os.PathLike, state_dict_key: str | None = None) -> dict[str, torch.Tensor]:
     """The state dict of an original LlamaGen checkpoint (``.pt``/``.pth``/``.bin`` or ``.safetensors``).
 
-    ``state_dict_key`` picks the entry of a ``.pt`` dict; by default the first of ``model``, ``ema``,
-    ``module``, ``state_dict`` present (``model`` first, as the reference's sampling scripts), or the
-    dict itself when it already holds tensors.
+    ``state_dict_key`` picks the entry of a ``.pt`` dict; by default the dict itself when it holds
+    tensors, else the first of ``model``, ``ema``, ``module``, ``state_dict`` present (``model`` first,
+    as the reference's sampling scripts). See :func:`masc_hf._checkpoints.read_state_dict`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass the path of a LlamaGen .pt or .safetensors file")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors have many types
-            raise CheckpointError(
-                f"cannot read {str(path)!r} as a PyTorch checkpoint with weights_only=True ({err}); "
-                "pass an original LlamaGen .pt file or a .safetensors state dict"
-            ) from err
-        if not isinstance(checkpoint, dict):
-            raise CheckpointError(f"{str(path)!r} holds a {type(checkpoint).__name__}, not a state dict")
-        if state_dict_key is not None:
-            if state_dict_key not in checkpoint:
-                raise CheckpointError(
-                    f"state_dict_key {state_dict_key!r} is not in {str(path)!r}; it has {sorted(map(str, checkpoint))}"
-                )
-            state = checkpoint[state_dict_key]
-        elif all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-            state = checkpoint
-        else:
-            found = next((key for key in _STATE_DICT_KEYS if isinstance(checkpoint.get(key), dict)), None)
-            if found is None:
-                raise CheckpointError(
-                    f"no state dict in {str(path)!r}: expected one under {', '.join(map(repr, _STATE_DICT_KEYS))}, "
-                    f"found keys {sorted(map(str, checkpoint))}; pass state_dict_key"
-                )
-            logger.info("using the state dict under %r of %s", found, path)
-            state = checkpoint[found]
-    for prefix in _PREFIXES:
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
-    return state
+    return read_state_dict(path, wrappers=_STATE_DICT_KEYS, state_dict_key=state_dict_key)
 
 
 def convert_state_dict(
