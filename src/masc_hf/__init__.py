@@ -15,8 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._lazy import attach
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _LAZY = {

@@ -415,7 +415,7 @@ def _run_evaluate(args) -> int:
 
         import torch_fidelity
 
-        from . import __version__
+        from ._version import __version__
         from ._io import write_text_atomic
 
         out = Path(args.out)
@@ -455,7 +455,7 @@ def _run_quickstart(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="masc-hf", description=__doc__)
     parser.add_argument("--version", action="version", version=f"masc-hf {__version__}")

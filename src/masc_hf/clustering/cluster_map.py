@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-from .. import __version__
+from .._version import __version__
 from .._io import staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
 from .codebook import as_codebook, codebook_fingerprint

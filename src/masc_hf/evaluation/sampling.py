@@ -33,7 +33,7 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from .._io import atomic_file, write_text_atomic
 from ..errors import MASCError
 
