@@ -561,7 +561,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             )
 
     def model_card(self) -> str:
-        """The README.md written beside the map (template: ``model_cards/cluster_map.md``)."""
+        """The README.md written beside the map (template: ``masc_hf/model_cards/cluster_map.md``)."""
         from ..model_cards import render_template
 
         summary = self.summary()
