@@ -21,6 +21,25 @@ def test_cluster_maps_never_import_torch():
     assert out.split() == ["5", "False", "False"]
 
 
+def test_cli_help_and_build_map_never_import_torch(tmp_path):
+    codebook = tmp_path / "codebook.npy"
+    out = run_python(
+        "import sys, numpy as np\n"
+        f"np.save({str(codebook)!r}, np.random.default_rng(0).normal(size=(40, 4)))\n"
+        "from masc_hf.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch after help:', 'torch' in sys.modules)\n"
+        f"code = main(['build-map', '--codebook', {str(codebook)!r}, '--k', '4', '--out', {str(tmp_path / 'map')!r}])\n"
+        "print('torch after build-map:', code, 'torch' in sys.modules)\n"
+    )
+    assert "torch after help: False" in out
+    assert "torch after build-map: 0 False" in out
+    assert (tmp_path / "map" / "cluster_map_config.json").is_file() and (tmp_path / "map" / "cluster_map.safetensors").is_file()
+
+
 @pytest.mark.parametrize("order", ["masc_hf first", "transformers first"])
 def test_automodel_finds_our_model_type(order, tmp_path):
     imports = "import masc_hf\nfrom transformers import AutoConfig, AutoModel\n"

@@ -15,8 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._lazy import attach
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it
 _LAZY = {
@@ -39,9 +38,7 @@ __getattr__, __dir__, _names = attach(__name__, _LAZY)
 __all__ = ["__version__", *_names]
 
 
-# ``import masc_hf`` then ``AutoModel.from_pretrained(dir)`` must find our model type, yet importing
-# masc_hf must not pull in torch/transformers (cluster-map users never need them). So the Auto*
-# registration (importing masc_hf.models) runs as soon as transformers' Auto classes are imported.
+# Importing masc_hf.models registers our Auto* classes; the hook below runs this once transformers' Auto classes are imported.
 def _register_auto_classes() -> None:
     try:
         importlib.import_module("masc_hf.models")
@@ -72,6 +69,7 @@ class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+# A hook, not an import: AutoModel.from_pretrained after a bare ``import masc_hf`` needs our model registered, yet importing torch here would make cluster-map users pay for it.
 if _AUTO_MODULE in sys.modules:
     _register_auto_classes()
 elif not any(isinstance(f, _RegisterAfterTransformersImport) for f in sys.meta_path):

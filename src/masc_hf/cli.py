@@ -203,18 +203,18 @@ def _register_sample(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     p.set_defaults(func=_run_sample)
 
 
-def _cuda_available() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return False
+def _resolve_device(device: str | None) -> str:
+    """``device``, or cuda when available else cpu; resolved when a command runs, so that
+    ``--help`` and the cluster-map commands import no torch."""
+    if device is not None:
+        return device
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _run_sample(args) -> int:
@@ -223,10 +223,11 @@ def _run_sample(args) -> int:
     from .pipelines import MASCPipeline
     from .pipelines.grid import save_image_grid
 
-    pipe = MASCPipeline.from_pretrained(args.pipeline).to(args.device)
+    device = _resolve_device(args.device)
+    pipe = MASCPipeline.from_pretrained(args.pipeline).to(device)
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     ids = pipe.get_label_ids(labels)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     images = pipe(
         ids,
         num_images_per_label=args.n,
@@ -261,7 +262,7 @@ def _register_replacement_test(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--inception-weights", metavar="PATH", help="Inception weights: also report rFID")
     p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     p.set_defaults(func=_run_replacement_test)
 
 
@@ -291,7 +292,7 @@ def _run_replacement_test(args) -> int:
         raise DataError("--maps names no cluster map; pass comma-separated map directories")
     if args.num_images < 1:
         raise DataError(f"--num-images must be at least 1, got {args.num_images}")
-    vqvae = load_vqmodel(args.vq, device=args.device)
+    vqvae = load_vqmodel(args.vq, device=_resolve_device(args.device))
     maps = {name: MASCClusterMap.from_pretrained(path) for name, path in zip(_map_names(paths), paths)}
     check_maps_against_tokenizer(vqvae, maps)  # before reading any image
     if args.images.lower() in ("fashion-mnist", "fashion_mnist"):
@@ -334,7 +335,7 @@ def _register_gallery(subparsers) -> None:
     p.add_argument("--members", type=int, default=8, help="tiles per row (default: 8)")
     p.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default: 64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
 
     def run(args) -> int:
         from .clustering import MASCClusterMap
@@ -343,7 +344,7 @@ def _register_gallery(subparsers) -> None:
         from .evaluation.replacement import check_maps_against_tokenizer
 
         cluster_map = MASCClusterMap.from_pretrained(args.map)
-        vqvae = load_vqmodel(args.vq, device=args.device)
+        vqvae = load_vqmodel(args.vq, device=_resolve_device(args.device))
         check_maps_against_tokenizer(vqvae, {_map_names([args.map])[0]: cluster_map})  # the error names the directory
         image = cluster_gallery(
             vqvae, cluster_map, num_clusters=args.clusters, members_per_cluster=args.members, seed=args.seed,
@@ -415,7 +416,7 @@ def _run_evaluate(args) -> int:
 
         import torch_fidelity
 
-        from . import __version__
+        from ._version import __version__
         from ._io import write_text_atomic
 
         out = Path(args.out)
@@ -455,7 +456,7 @@ def _run_quickstart(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="masc-hf", description=__doc__)
     parser.add_argument("--version", action="version", version=f"masc-hf {__version__}")

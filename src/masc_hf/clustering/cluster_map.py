@@ -1,17 +1,6 @@
-"""``MASCClusterMap``: the token -> cluster map, saved and loaded like a tokenizer.
-
-Files in a saved map (``save_pretrained(dir)``):
-
-* ``cluster_map_config.json``: N, k, d, method, seed, codebook fingerprint, source tokenizer,
-  library version, quality figures, and the sha256 of the tensors file.
-* ``cluster_map.safetensors``: ``mapping`` (int64 ``[N]``, fine id -> cluster id) and, for
-  hierarchical methods, ``tree`` (float64 ``[N-1, 4]``, scipy linkage matrix).
-* ``README.md``: a model card from ``model_cards/cluster_map.md``.
-
-The class subclasses transformers' ``FeatureExtractionMixin`` only so that diffusers 0.42
-recognises it as a loadable pipeline component (it saves/loads components that subclass one of
-its known bases and silently drops others); all state is numpy, and torch is imported only when
-torch tensors are passed in.
+"""``MASCClusterMap``: the token -> cluster map, saved and loaded like a tokenizer (its state is numpy;
+torch is imported only when torch tensors are passed in).
+Design notes (the files of a saved map, why it subclasses ``FeatureExtractionMixin``): docs/cluster-maps.md.
 """
 
 from __future__ import annotations
@@ -27,7 +16,7 @@ from typing import Any
 import numpy as np
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-from .. import __version__
+from .._version import __version__
 from .._io import staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
 from .codebook import as_codebook, codebook_fingerprint
@@ -561,7 +550,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             )
 
     def model_card(self) -> str:
-        """The README.md written beside the map (template: ``model_cards/cluster_map.md``)."""
+        """The README.md written beside the map (template: ``masc_hf/model_cards/cluster_map.md``)."""
         from ..model_cards import render_template
 
         summary = self.summary()

@@ -1,25 +1,8 @@
 """Exact average-linkage (UPGMA) clustering with a documented tie rule: the MASC tree.
 
-This is Algorithm 1 of the MASC paper run to the root (N - 1 merges), so one tree serves every
-k. scipy's ``linkage(..., "average")`` computes the same dendrogram on tie-free inputs, but it
-breaks ties by the traversal order of its nearest-neighbour chain; MASC needs one rule that any
-engine (this one, a GPU one) can reproduce, so the merge loop is written here.
-
-Conventions (scipy.cluster.hierarchy's, so every scipy tool accepts the result):
-
-* Leaves are the tokens ``0 .. N-1``; the cluster formed by merge ``i`` is numbered ``N + i``.
-* The tree is a linkage matrix ``Z`` of shape ``[N - 1, 4]`` (float64): row ``i`` holds the two
-  merged cluster numbers (smaller first), their average-linkage distance (Eq. 3), and the number
-  of tokens in the new cluster.
-* Rows are in merge order, which is non-decreasing in distance (UPGMA is monotone). The partition
-  into ``k`` clusters is the state after the first ``N - k`` merges, exactly as Algorithm 1 stops.
-
-Tie rule. Name every cluster by its smallest token id. At each step the pair of clusters at the
-minimum distance is merged; among tied pairs, the one whose names ``(a, b)``, ``a < b``, are
-lexicographically smallest wins. Distances start as ``scipy.spatial.distance.cdist`` values in
-float64 and are updated with the weighted mean of Algorithm 1 (line 10). "Tied" means bitwise
-equal float64 values, so the same input gives a byte-identical tree on every run and platform
-with IEEE float64 arithmetic.
+Algorithm 1 of the MASC paper run to the root, so one tree serves every k, as a scipy linkage matrix
+``[N - 1, 4]``; ties are broken by one rule any engine can reproduce byte for byte.
+Design notes (the linkage-matrix conventions, the tie rule): docs/cluster-maps.md.
 """
 
 from __future__ import annotations
@@ -45,7 +28,7 @@ def average_linkage(points: np.ndarray, progress: bool = False) -> np.ndarray:
     """Average-linkage tree of ``points [N, d]`` as a scipy linkage matrix ``[N - 1, 4]``.
 
     Time O(N^2) per merge in the worst case, O(N^2) overall in practice; memory one float64
-    ``N x N`` matrix (2.1 GB for N = 16384). See the module docstring for the tie rule.
+    ``N x N`` matrix (2.1 GB for N = 16384). See docs/cluster-maps.md for the tie rule.
     """
     points = np.asarray(points, dtype=np.float64)
     n = points.shape[0]
@@ -56,7 +39,7 @@ def average_linkage(points: np.ndarray, progress: bool = False) -> np.ndarray:
 
 
 def _average_linkage_from_square(dist: np.ndarray, progress: bool = False) -> np.ndarray:
-    """The merge loop on a square distance matrix, which it overwrites (see module docstring).
+    """The merge loop on a square distance matrix, which it overwrites (tie rule: docs/cluster-maps.md).
 
     Every active cluster lives in the row of its smallest token id (its name). For each active
     row ``i`` we keep ``nn_dist[i] = min_{j > i active} D[i, j]`` and ``nn_idx[i]`` the smallest

@@ -1,8 +1,6 @@
-"""Clustering methods behind ``build_cluster_map``: MASC and the paper's baselines.
-
-Every method returns cluster labels numbered by one rule (clusters ordered by their smallest
-token id: the cluster of token 0 is 0, the next cluster met scanning token ids upward is 1, ...)
-and, for hierarchical methods, the full merge tree in scipy's linkage-matrix format.
+"""Clustering methods behind ``build_cluster_map``: MASC and the paper's baselines, all numbering
+their cluster ids by one rule (and, for hierarchical methods, returning the merge tree).
+Design notes (the cluster-id rule): docs/cluster-maps.md.
 """
 
 from __future__ import annotations

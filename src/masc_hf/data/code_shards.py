@@ -1,24 +1,5 @@
-"""Token-code shards: the VQ token ids of a dataset's images, written once, read every epoch.
-
-A shard directory holds
-
-* ``codes-RRRRR-of-WWWWW-IIIIII.safetensors``: shard ``I`` of process ``R`` of ``W``, with
-  ``codes [n, A, L]`` and ``labels [n]`` int64. ``A`` is the number of augmented views per image
-  (``AUGMENTATIONS``: 1 without augmentation, 2 for centre crop + mirror, 10 for ten-crop; always
-  present, so every shard is 3-D), ``L = h * w`` the row-major token grid. ``codes`` is int16 when
-  the codebook has at most 32768 entries (LlamaGen's 16384 does), else int32. The safetensors
-  metadata records the shard's rank, index, raw example count, skipped-image count and the
-  stream position after it (for resuming).
-* ``progress/rank-RRRRR-of-WWWWW.json``: written when a process has written all its shards.
-* ``manifest.json`` (:class:`CodeShardManifest`): the tokenizer's codebook fingerprint, image
-  size, grid size, augmentation, and, once every process is done (``complete``), the shard list
-  and the numbers of examples and skipped images.
-
-Every file is written to a temporary name and moved into place with ``os.replace``, so a killed
-run leaves only whole files; a rerun skips the shards that exist (:class:`CodeShardWriter`).
-Process ``R``'s shard ``I`` always holds examples ``[I * shard_size, (I + 1) * shard_size)`` of
-that process's part of the stream (less the images that did not decode), so shard boundaries do
-not depend on where a run was interrupted.
+"""Token-code shards: the VQ token ids of a dataset's images, written once, read every epoch (writer,
+manifest, training dataset). Design notes (the directory layout, atomic writes, resuming): docs/data.md.
 """
 
 from __future__ import annotations

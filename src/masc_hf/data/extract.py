@@ -1,10 +1,5 @@
-"""Images -> token-code shards with a VQ tokenizer, on any number of processes, resumable.
-
-``recipes/extract_codes.py`` is the command-line wrapper (``accelerate launch``). Each process
-streams its own part of the images (:class:`ImageStream`), decodes and crops them in a thread
-pool, encodes the views with the tokenizer (``masc_hf.tokenizers.encode_images``) and writes its
-shards (:class:`CodeShardWriter`). A rerun skips finished shards: it restores the stream position
-saved with the last finished shard (``datasets``' ``state_dict``), so it does not re-read them.
+"""Images -> token-code shards with a VQ tokenizer, on any number of processes, resumable
+(``recipes/extract_codes.py`` is the command-line wrapper). Design notes: docs/data.md.
 """
 
 from __future__ import annotations

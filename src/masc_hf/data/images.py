@@ -1,26 +1,5 @@
 """Streamed image datasets, this process's part, decoded by us so a bad image cannot end a run.
-
-``source`` may be
-
-* a Hub dataset id, e.g. ``"ILSVRC/imagenet-1k"`` (gated: log in with ``hf auth login`` first);
-* local parquet shards: a directory holding ``*.parquet`` files (searched recursively; split
-  names come from the file or folder names, e.g. ``data/train-00000-of-00294.parquet`` and
-  ``data/validation-*.parquet`` as in a download of a Hub dataset, else everything is
-  ``"train"``), one ``.parquet`` file, or a glob such as ``"data/train-*.parquet"`` (``"train"``);
-* a local image folder (``datasets``' ``"imagefolder"``: one sub-directory per class, or
-  ``train/`` / ``validation/`` splits each holding class sub-directories).
-
-Every source is opened with ``streaming=True`` and split between processes with
-``datasets.distributed.split_dataset_by_node``. How it splits depends on the number of shards
-(files) of the stream: when ``num_shards`` is a multiple of ``world_size`` each process reads
-whole shards of its own (parquet shards, Hub datasets); otherwise, and always for a streamed image
-folder (one shard), every process reads the whole stream and keeps every ``world_size``-th
-example, starting at its rank. Either way the parts are disjoint and together cover the split.
-
-Images are read undecoded (``Image(decode=False)``) and decoded here with PIL inside
-``try/except``: in ``datasets`` 5.2 an exception raised while a streamed iterator decodes ends the
-stream, so one truncated JPEG would end a ten-hour job. Images that fail are skipped, counted
-(:attr:`ImageStream.num_skipped`) and logged.
+Design notes (the sources it reads, how processes split a stream, why it decodes): docs/data.md.
 """
 
 from __future__ import annotations
@@ -48,7 +27,7 @@ class ImageStream:
     """One process's part of a streamed image dataset, as ``(PIL image, label)`` pairs.
 
     Args:
-        source: a Hub id, parquet directory/file/glob, or image folder (see the module docstring).
+        source: a Hub id, parquet directory/file/glob, or image folder (see docs/data.md).
         split: the split to read (``"train"``; image folders and parquet files without split
             names only have ``"train"``).
         rank, world_size: this process's index and the number of processes.

@@ -1,18 +1,6 @@
 """A small CNN classifier for 28x28 grayscale images (Fashion-MNIST): class consistency of generated
-samples, and a feature space for a Fréchet distance at Fashion-MNIST scale.
-
-The quickstart trains it on the real training images (about a minute on 2 CPU cores), reports its
-accuracy on the real test images, and then the share of generated images it assigns to their
-conditioning class (:func:`class_consistency`). :meth:`ImageClassifier.features` (the penultimate
-layer, ``feature_dim`` values) with :func:`~masc_hf.evaluation.frechet.frechet_distance` gives a
-"classifier FID": a Fréchet distance in this network's feature space, comparable only to distances
-from the same saved classifier, and not the Inception FID.
-
-Inputs to :meth:`~ImageClassifier.predict` / :meth:`~ImageClassifier.features` (see
-:func:`to_classifier_input`): PIL images, uint8 arrays, or float arrays/tensors in ``[0, 1]`` (the
-pipeline's ``output_type="np"``/``"pt"`` convention), of any size and gray or RGB: RGB becomes luma,
-other sizes are resized (bilinear, antialiased) to 28x28. Images a tokenizer padded (the quickstart's
-28x28 -> 32x32) should be cropped back first: ``center_crop=28``.
+samples, and a feature space for a "classifier FID" at Fashion-MNIST scale.
+Design notes (what it measures, the inputs it takes): docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Prediction entropy per token position (the MASC paper's Eq. 6, position by position).
-
-Teacher-forced: the model reads the true codes of validation images and predicts each next token;
-at position ``t`` the entropy of its predicted distribution is ``H_t = -sum_v p_v log2 p_v`` bits,
-averaged over the images. A MASC model predicts cluster ids, so its ``V`` is ``k`` and the
-normalised entropy ``H / log2(V)`` (1 = uniform) compares models of different vocabularies.
+"""Prediction entropy per token position (the MASC paper's Eq. 6, position by position), teacher-forced
+on validation codes, in bits and normalised by ``log2(V)``. Design notes: docs/evaluation.md.
 """
 
 from __future__ import annotations

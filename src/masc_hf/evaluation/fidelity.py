@@ -1,30 +1,6 @@
 """FID, Inception Score, Precision and Recall with torch-fidelity (the MASC paper's tool), against an
-image folder, an ADM ``.npz`` or precomputed statistics.
-
-Every number comes from torch-fidelity's own code: its TensorFlow-compatible InceptionV3 port
-(``inception-v3-compat``: the FID Inception of 2015-12-05 with TF's resize to 299), its data path
-for image folders, and its metric functions with its defaults (IS: ``logits_unbiased``, 10 splits;
-FID, KID, Precision/Recall: the 2048-d pool3 features; Precision/Recall with k = 3, as the ADM
-evaluator). Two choices differ from a bare ``torch_fidelity.calculate_metrics`` call:
-
-* Precision/Recall use the Inception pool3 features, as the ADM evaluator (LlamaGen's numbers)
-  does, not torch-fidelity's default VGG-16 (whose weights would be a second download).
-* A reference may be statistics (``mu``, ``sigma``), which torch-fidelity cannot take as an input.
-  So the features of each input are extracted once here, with torch-fidelity's extractor, and fed
-  to torch-fidelity's metric functions; on two sets of images the result equals
-  ``torch_fidelity.calculate_metrics(..., feature_extractor="inception-v3-compat")``.
-
-Inputs (``samples`` and ``reference``): a folder of PNGs, an ``.npz`` whose ``arr_0`` is uint8
-``[N, H, W, 3]`` (ADM's format), or such a numpy array. A reference ``.npz`` may hold ``mu`` and
-``sigma`` (pool3 statistics, ``[2048]`` and ``[2048, 2048]``), alone (:func:`save_statistics`
-writes them) or beside ``arr_0`` as in ADM's reference batches (``VIRTUAL_imagenet256_labeled.npz``:
-statistics over the whole dataset, and 10,000 images). When it has them, **FID uses
-the statistics** (as the ADM evaluator does; the FID of 50k samples against 10k images would be
-biased upwards), and Precision/Recall and KID use ``arr_0``. ADM's statistics come from the
-TensorFlow graph; torch-fidelity's port reproduces its features closely but not bit for bit.
-
-Everything is checked before any image is decoded or fed to the network: the weights file, the
-count, size, dtype and shape of the images (from file headers), the statistics' shapes.
+image folder, an ADM ``.npz`` or precomputed statistics. Design notes (where it departs from a bare
+``torch_fidelity.calculate_metrics``, the inputs, when FID uses statistics): docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -341,7 +317,7 @@ def calculate_metrics(
         samples: the generated images: a folder of PNGs, an ``.npz`` (``arr_0`` uint8
             ``[N, H, W, 3]``) or a uint8 array ``[N, H, W, 3]``.
         reference: the real images or their statistics: as ``samples``, or an ``.npz`` with ``mu``
-            and ``sigma`` (see the module docstring: FID then uses them). Needed for FID, PRC, KID.
+            and ``sigma`` (see docs/evaluation.md: FID then uses them). Needed for FID, PRC, KID.
         inception_weights: torch-fidelity's InceptionV3 weights file (see
             :func:`resolve_inception_weights` for the fallbacks). Nothing is downloaded.
         fid, isc, prc, kid: which metrics to compute.

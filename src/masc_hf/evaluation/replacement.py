@@ -1,28 +1,6 @@
 """The semantic replacement test (the official MASC code's diagnostic): how much does an image change
-when every token is swapped for a random member of its cluster?
-
-For each image: encode it (fine ids ``[L]``), decode the ids (the *plain reconstruction*), replace
-every id by a uniformly random member of its cluster (``cluster_map.decode(cluster_map.encode(ids))``,
-what a MASC model's sampler does), decode again, and compare with the plain reconstruction. A map
-whose clusters hold tokens that decode alike keeps the image (high PSNR and SSIM); a random map
-does not. The plain reconstruction against the original image is reported beside it (the row
-``"plain"``), so the scale is visible: replacement costs compared with what the tokenizer already
-loses.
-
-Conventions:
-
-* Images are uint8; the tokenizer sees them as :func:`~masc_hf.training.vq_trainer.to_vq_input`
-  makes them: centred on a black canvas of ``image_size`` (Fashion-MNIST 28x28 -> 32x32), gray
-  replicated to the model's channels. Images larger than ``image_size`` given as PIL images or read
-  from a dataset are centre-cropped first (LlamaGen's ``center_crop``). Metrics are computed on the
-  original ``H x W`` region only, in ``[0, 1]`` (decoder output clamped to ``[-1, 1]``), over all
-  channels.
-* ``psnr`` is ``10 log10(1 / mse)`` of the mean squared error pooled over all images (as
-  torchmetrics' default): finite unless every image is unchanged, when it is ``inf``; a mean of
-  per-image PSNRs would be ``inf`` as soon as one image is unchanged. ``ssim`` is the mean over
-  images of :func:`structural_similarity` (``1`` for identical images).
-* Every map's replacements use the same uniform draws (one per token, from ``seed``): the maps are
-  compared on common random numbers, and the result does not depend on ``batch_size``.
+when every token is swapped for a random member of its cluster? PSNR/SSIM (and rFID) against the
+plain reconstruction, per map. Design notes (the procedure, its conventions): docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
-"""The paper's sampling protocol: ``num_per_class`` images of every class as a folder of PNGs, and
-the ``.npz`` that the ADM evaluator (which LlamaGen uses for FID/IS/Precision/Recall) reads.
-
-Image ``i`` of a run has the label ``class_labels[i // num_per_class]``, the file ``{i:06d}.png``
-and its own generator seeded with :func:`image_seed` ``(seed, i)`` (every random draw of the image
-comes from it), so it depends on that seed, its label and the sampling settings, not on which
-process draws it or which images share its batch: up to float rounding, since batched kernels
-(the transformer's matmuls, the VQ decoder's convolutions) may round differently for a batch of
-another shape, which moves a pixel by one level or, rarely, a sampled token (bf16 makes that less rare).
-
-Process ``p`` of ``P`` draws the images ``i % P == p`` in fixed batches of ``batch_size``; a rerun
-redraws only the batches that miss an image and writes only the missing PNGs (each under a
-temporary name, then renamed). So a run resumed with the same batch size and number of processes
-repeats the very same computations: byte-identical PNGs on the same hardware and software.
-``sampling.json`` keeps the settings; a resume with other settings is refused.
-
-``.npz`` format (ADM, ``np.savez``): one array ``arr_0``, uint8 ``[N, H, W, 3]`` (RGB, 0..255), in
-image-index order. :func:`check_sample_folder`, :func:`check_npz_images` and
-:func:`load_npz_images` refuse wrong counts, sizes, dtypes and shapes from file headers, before any
-long work.
+"""The paper's sampling protocol: ``num_per_class`` images of every class as a folder of PNGs (one
+generator per image, resumable on any number of processes), and the ADM ``.npz`` the FID evaluator
+reads. Design notes (seeds, batches, resuming, the ``.npz`` format): docs/sampling.md.
 """
 
 from __future__ import annotations
@@ -33,7 +16,7 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from .._io import atomic_file, write_text_atomic
 from ..errors import MASCError
 

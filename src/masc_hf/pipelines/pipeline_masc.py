@@ -201,7 +201,7 @@ class MASCPipeline(DiffusionPipeline):
             )
 
     def model_card(self) -> str:
-        from .. import __version__
+        from .._version import __version__
         from ..model_cards import render_template
 
         config = self.transformer.config

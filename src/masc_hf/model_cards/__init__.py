@@ -1,4 +1,4 @@
-"""Hub model-card templates, installed as ``masc_hf.model_cards``.
+"""Hub model-card templates (``*.md`` beside this file, shipped as package data).
 
 Templates use ``string.Template`` placeholders (``$name``); ``render_template`` fills them and
 fails loudly on a missing value, so a card never ships with a blank."""
