@@ -69,7 +69,7 @@ def prepare(settings: Table1Settings) -> dict:
     from masc_hf.evaluation.classifier import ImageClassifier, train_classifier
     from masc_hf.evaluation.frechet import feature_statistics
     from masc_hf.quickstart import QuickstartSettings, prepare_tokenizer_and_codes, write_image_parquet
-    from masc_hf.tokenizers import export_codebook
+    from masc_hf.vq import export_codebook
 
     if settings.dataset != "fashion-mnist":
         raise SystemExit(f"--dataset {settings.dataset!r} is not supported here; use fashion-mnist")
@@ -155,7 +155,7 @@ class ClassifierEvaluator:
         """FID and predicted classes of the images the tokenizer decodes from ``fine_ids`` ``[n, h*w]``."""
         import torch
 
-        from masc_hf.tokenizers.vq import decode_ids
+        from masc_hf.vq.tokens import decode_ids
 
         with torch.no_grad():
             return self.score_images(((decode_ids(self.vqvae, fine_ids).clamp(-1, 1) + 1) / 2))
@@ -262,7 +262,7 @@ def replacement_fid(settings: Table1Settings, shared: dict, map_dirs: list[str])
 
     from masc_hf.clustering import MASCClusterMap
     from masc_hf.data.fashion_mnist import load_fashion_mnist
-    from masc_hf.tokenizers.vq import encode_images
+    from masc_hf.vq.tokens import encode_images
     from masc_hf.training.vq_trainer import to_vq_input
 
     evaluator = ClassifierEvaluator(settings, shared, cluster_map=None)

@@ -68,3 +68,24 @@ def test_accelerate_configs_parse():
     from masc_hf.models import LlamaGenForImageGeneration
 
     assert LlamaGenForImageGeneration._no_split_modules == ["LlamaGenDecoderLayer"]
+
+
+def test_old_import_paths_still_work_for_one_release():
+    """Modules that moved (saved pipelines name their components' modules) keep their old paths."""
+    import warnings
+
+    from masc_hf.models.llamagen.modeling_llamagen import LlamaGenForImageGeneration
+    from masc_hf.models.modeling_llamagen import LlamaGenForImageGeneration as old_model
+    from masc_hf.vq.convert_llamagen import convert_llamagen_vq
+
+    assert old_model is LlamaGenForImageGeneration
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from masc_hf.tokenizers import load_codebook_from_vqmodel
+        from masc_hf.tokenizers.convert_vq import convert_llamagen_vq as old_convert
+    assert old_convert is convert_llamagen_vq and callable(load_codebook_from_vqmodel)
+    from masc_hf.clustering import LLAMAGEN_CODEBOOK_KEY, read_codebook_file
+    from masc_hf.vq.codebook import CODEBOOK_KEY
+    from masc_hf.vq.codebook import read_codebook_file as new_reader
+
+    assert read_codebook_file is new_reader and LLAMAGEN_CODEBOOK_KEY == CODEBOOK_KEY

@@ -56,7 +56,7 @@ def _register_build_map(subparsers) -> None:
 
 def _run_build_map(args) -> int:
     from .clustering import build_cluster_map
-    from .tokenizers.load import load_codebook
+    from .vq.codebook import load_codebook
 
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
     print(f"codebook: {description}: N={codebook.shape[0]}, d={codebook.shape[1]}")
@@ -95,7 +95,7 @@ def _run_inspect(args) -> int:
 
     cluster_map = MASCClusterMap.from_pretrained(args.map)
     if args.codebook:
-        from .tokenizers.load import load_codebook
+        from .vq.codebook import load_codebook
 
         codebook, _ = load_codebook(args.codebook, tensor=args.tensor)
         cluster_map.check_codebook(codebook, what=args.codebook)
@@ -116,7 +116,7 @@ def _register_compare(subparsers) -> None:
 
 def _run_compare(args) -> int:
     from .clustering import compare_methods
-    from .tokenizers.load import load_codebook
+    from .vq.codebook import load_codebook
 
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
     print(f"codebook: {description}: N={codebook.shape[0]}, d={codebook.shape[1]}, k={args.k}")
@@ -181,7 +181,7 @@ def _register_convert_vq(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
 
     def run(args) -> int:
-        from .tokenizers.convert_vq import convert_llamagen_vq
+        from .vq.convert_llamagen import convert_llamagen_vq
 
         out = convert_llamagen_vq(args.checkpoint, args.out, config=args.config, overwrite=args.overwrite)
         print(f"saved diffusers VQModel to {out}")

@@ -72,7 +72,7 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
     from .evaluation.classifier import class_consistency, train_classifier
     from .pipelines import MASCPipeline
     from .pipelines.grid import save_image_grid
-    from .tokenizers import export_codebook
+    from .vq import export_codebook
     from .training import ARTrainingArguments, model_for_codes, train
 
     settings = settings or QUICKSTART_PRESETS[preset]

@@ -72,7 +72,7 @@ def test_build_map_from_pt_checkpoint_and_vqmodel_dir_agree(llamagen_fixtures, t
     import torch
     from safetensors.torch import load_file
 
-    from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
+    from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
     vq = llamagen_fixtures / "vq"
     torch.save({"model": load_file(str(vq / "model.safetensors"))}, tmp_path / "vq.pt")

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-import masc_hf.tokenizers
+import masc_hf.vq
 from masc_hf.data import CodeShardDataset, CodeShardManifest, extract_codes
 from masc_hf.data.code_shards import CodeShardWriter, read_safetensors_header
 from masc_hf.data.transforms import extraction_views
 from masc_hf.errors import DataError
-from masc_hf.tokenizers import encode_images
+from masc_hf.vq import encode_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_codes_match_a_direct_encoding(vqmodel, parquet_dir, tmp_path, augment):
     manifest = extract_codes(parquet, vqmodel, tmp_path / "codes", image_size=8, augment=augment, batch_size=3, shard_size=6, progress=False)
     assert manifest.complete and manifest.num_examples == 18 and manifest.num_skipped == 2
     assert manifest.num_shards == 4 and manifest.grid_size == (4, 4) and manifest.num_augmentations == {"flip": 2, "ten-crop": 10}[augment]
-    fingerprint = masc_hf.clustering.codebook_fingerprint(masc_hf.tokenizers.export_codebook(vqmodel))
+    fingerprint = masc_hf.clustering.codebook_fingerprint(masc_hf.vq.export_codebook(vqmodel))
     assert manifest.tokenizer_fingerprint == fingerprint
     expected = direct_codes(vqmodel, parquet, good, augment)
     for view in range(manifest.num_augmentations):
@@ -84,8 +84,8 @@ def test_resume_skips_finished_shards(vqmodel, parquet_dir, tmp_path, monkeypatc
     stamps = {f.name: f.stat().st_mtime_ns for f in files[:2]}
 
     encoded = []
-    real_encode = masc_hf.tokenizers.encode_images
-    monkeypatch.setattr(masc_hf.tokenizers, "encode_images", lambda m, x: encoded.append(len(x)) or real_encode(m, x))
+    real_encode = masc_hf.vq.encode_images
+    monkeypatch.setattr(masc_hf.vq, "encode_images", lambda m, x: encoded.append(len(x)) or real_encode(m, x))
     resumed = extract_codes(parquet, vqmodel, out, **kwargs)
     assert sum(encoded) == len([i for i in good if i >= 8])  # only the examples of shards 2.. were encoded
     assert {f.name: f.stat().st_mtime_ns for f in files[:2]} == stamps

@@ -36,7 +36,7 @@ def paired_vq():
 def paired_maps(paired_vq):
     """``{"pairs": the right map (masc finds it), "random": a random map, "singletons": k = N}``."""
     from masc_hf import build_cluster_map
-    from masc_hf.tokenizers import export_codebook
+    from masc_hf.vq import export_codebook
 
     codebook = export_codebook(paired_vq)
     pairs = build_cluster_map(codebook, 8, compute_quality=False)

@@ -8,7 +8,7 @@ import torch
 from masc_hf import build_cluster_map
 from masc_hf.errors import ClusterMapMismatchError
 from masc_hf.evaluation.gallery import cluster_gallery, token_tiles
-from masc_hf.tokenizers.vq import decode_ids
+from masc_hf.vq.tokens import decode_ids
 
 
 def test_a_tile_is_the_centre_of_a_grid_filled_with_the_token(paired_vq):
@@ -50,7 +50,7 @@ def test_gallery_layout_tiles_and_empty_slots(paired_vq, paired_maps, tmp_path):
 
 
 def test_gallery_samples_members_of_large_clusters_and_skips_singletons(paired_vq, paired_maps):
-    from masc_hf.tokenizers import export_codebook
+    from masc_hf.vq import export_codebook
 
     coarse = build_cluster_map(export_codebook(paired_vq), 2, compute_quality=False)  # clusters of several pairs
     grid = cluster_gallery(paired_vq, coarse, num_clusters=5, members_per_cluster=3, tile_size=8)

@@ -83,7 +83,7 @@ def test_ssim_matches_scikit_image():
 
 
 def test_a_map_of_another_tokenizer_fails_before_any_encoding(paired_vq, paired_maps, small_images, monkeypatch):
-    import masc_hf.tokenizers.vq as vq
+    import masc_hf.vq.tokens as vq
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded images before checking the maps")

@@ -29,8 +29,8 @@ from masc_hf.evaluation import (
 from masc_hf.models import LlamaGenForImageGeneration
 from masc_hf.models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
 from masc_hf.models.ar import inverse_cdf_sample
-from masc_hf.tokenizers.codebook import load_codebook_from_vqmodel
-from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
+from masc_hf.vq.codebook import load_codebook_from_vqmodel
+from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = dict(num_per_class=2, class_labels=[0, 3, 9], seed=5, guidance_scale=4.0)  # 6 images

@@ -12,8 +12,8 @@ from masc_hf.errors import ClusterMapMismatchError, MASCError
 from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration
 from masc_hf.models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
 from masc_hf.pipelines import ClassLabelError, MASCPipeline, imagenet_id2label
-from masc_hf.tokenizers.codebook import load_codebook_from_vqmodel
-from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
+from masc_hf.vq.codebook import load_codebook_from_vqmodel
+from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -60,7 +60,7 @@ def test_flat_pipeline_images_for_int_and_name_labels(flat_pipe):
 
 
 def test_images_are_the_decoded_generated_tokens(flat_pipe, parts):
-    from masc_hf.tokenizers.vq import decode_ids
+    from masc_hf.vq.tokens import decode_ids
 
     tokens = parts["flat"].generate([4], guidance_scale=1.0, top_k=1)
     expected = ((decode_ids(parts["vqvae"], tokens, 8) + 1) / 2).clamp(0, 1)

@@ -15,8 +15,8 @@ from masc_hf import build_cluster_map
 from masc_hf.models import LlamaGenForImageGeneration
 from masc_hf.models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
 from masc_hf.pipelines import MASCPipeline
-from masc_hf.tokenizers.codebook import load_codebook_from_vqmodel
-from masc_hf.tokenizers.convert_vq import convert_llamagen_vq
+from masc_hf.vq.codebook import load_codebook_from_vqmodel
+from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
 
 def digest(images: np.ndarray) -> str:

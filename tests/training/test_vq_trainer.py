@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from masc_hf.errors import DataError
-from masc_hf.tokenizers.vq import decode_ids, encode_images
+from masc_hf.vq.tokens import decode_ids, encode_images
 from masc_hf.training.vq_trainer import (
     VQ_TRAINING_PRESETS,
     VQTrainingConfig,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import attach
 
-from .codebook import LLAMAGEN_CODEBOOK_KEY, as_codebook, codebook_fingerprint, l2_normalize, read_codebook_file
+from .codebook import as_codebook, codebook_fingerprint, l2_normalize
 from .linkage import average_linkage, pairwise_distances
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, check_num_clusters, cut_linkage, run_method
 
@@ -22,12 +22,14 @@ _LAZY = {
     "cluster_quality": ".quality",
     "sampled_silhouette": ".quality",
     "compare_methods": ".compare",
+    # moved to masc_hf.vq.codebook (reading files is the tokenizers' room); kept here for one release
+    "read_codebook_file": "masc_hf.vq.codebook",
+    "LLAMAGEN_CODEBOOK_KEY": "masc_hf.vq.codebook",
 }
 
 __all__ = [
     "CLUSTER_METHODS",
     "HIERARCHICAL_METHODS",
-    "LLAMAGEN_CODEBOOK_KEY",
     "as_codebook",
     "average_linkage",
     "canonical_labels",
@@ -36,7 +38,6 @@ __all__ = [
     "cut_linkage",
     "l2_normalize",
     "pairwise_distances",
-    "read_codebook_file",
     "run_method",
     *_LAZY,
 ]

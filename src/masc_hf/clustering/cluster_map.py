@@ -19,7 +19,7 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 from .._version import __version__
 from .._io import staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
-from .codebook import as_codebook, codebook_fingerprint
+from .codebook import as_codebook, codebook_fingerprint, fingerprint_of_valid
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, cut_linkage, run_method
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def build_cluster_map(
     """Cluster a VQ codebook ``[N, d]`` (numpy array or torch tensor) into ``k`` clusters.
 
     Cluster the vectors the decoder receives: for LlamaGen (l2-normalised lookups) pass the
-    normalised rows, as ``masc_hf.tokenizers`` loaders and ``masc-hf build-map`` do.
+    normalised rows, as ``masc_hf.vq`` loaders and ``masc-hf build-map`` do.
 
     Args:
         codebook: float array ``[N, d]``, finite, ``N >= 2``.
@@ -67,7 +67,7 @@ def build_cluster_map(
         >>> cmap.num_tokens, cmap.num_clusters
         (64, 16)
     """
-    array = as_codebook(codebook)
+    array = as_codebook(codebook)  # the one validation of this path
     partition = run_method(array, k, method, seed=seed, progress=progress)
     cluster_map = MASCClusterMap(
         partition.labels,
@@ -75,13 +75,14 @@ def build_cluster_map(
         method=method,
         seed=seed if method not in HIERARCHICAL_METHODS else None,
         codebook_dim=array.shape[1],
-        codebook_fingerprint=codebook_fingerprint(array),
+        codebook_fingerprint=fingerprint_of_valid(array),
         source_tokenizer=source_tokenizer,
+        _verified=True,  # labels cut from this tree by run_method: no second cut
     )
     if compute_quality:
-        from .quality import cluster_quality
+        from .quality import quality_of_valid
 
-        cluster_map.quality = cluster_quality(array, cluster_map)
+        cluster_map.quality = quality_of_valid(array, cluster_map)
     return cluster_map
 
 
@@ -154,6 +155,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         codebook_fingerprint: str | None = None,
         source_tokenizer: str | None = None,
         quality: dict | None = None,
+        _verified: bool = False,
     ):
         super().__init__()
         mapping = np.asarray(mapping)
@@ -169,7 +171,7 @@ class MASCClusterMap(FeatureExtractionMixin):
                 f"cluster ids must be 0..k-1 with no gaps; clusters {empty[:10].tolist()} are empty. "
                 "Renumber with masc_hf.clustering.canonical_labels(mapping)"
             )
-        if not np.array_equal(mapping, canonical_labels(mapping)):
+        if not _verified and not np.array_equal(mapping, canonical_labels(mapping)):
             raise ClusterMapError(
                 f"cluster ids must follow the rule '{CLUSTER_ID_RULE}'; renumber with masc_hf.clustering.canonical_labels(mapping)"
             )
@@ -177,7 +179,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             tree = np.asarray(tree, dtype=np.float64)
             if tree.shape != (mapping.size - 1, 4):
                 raise ClusterMapError(f"tree must be a linkage matrix of shape [N-1, 4] = [{mapping.size - 1}, 4], got {tree.shape}")
-            if not np.array_equal(cut_linkage(tree, sizes.size), mapping):
+            if not _verified and not np.array_equal(cut_linkage(tree, sizes.size), mapping):
                 raise ClusterMapError("tree and mapping disagree: cutting the tree at k does not give the mapping")
         if method not in CLUSTER_METHODS:
             logger.warning("cluster map method %r is not one of masc-hf's methods", method)
@@ -263,7 +265,7 @@ class MASCClusterMap(FeatureExtractionMixin):
     def check_codebook(self, codebook: Any, what: str = "the codebook") -> None:
         """Raise unless ``codebook [N, d]`` is the one this map was built from (N and fingerprint)."""
         array = as_codebook(codebook)
-        check_cluster_map(self, num_tokens=array.shape[0], codebook_fingerprint=codebook_fingerprint(array), what=what)
+        check_cluster_map(self, num_tokens=array.shape[0], codebook_fingerprint=fingerprint_of_valid(array), what=what)
 
     # ------------------------------------------------------------------ encode / decode
     def _torch_tables(self, device):
@@ -357,7 +359,7 @@ class MASCClusterMap(FeatureExtractionMixin):
                 f"a {self.method!r} map has no merge tree to cut; rebuild it with build_cluster_map(codebook, k={k}, method={self.method!r})"
             )
         return MASCClusterMap(
-            cut_linkage(self.tree, k),
+            cut_linkage(self.tree, k),  # canonical labels of this tree by construction
             tree=self.tree,
             method=self.method,
             seed=self.seed,
@@ -365,6 +367,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             codebook_fingerprint=self.codebook_fingerprint,
             source_tokenizer=self.source_tokenizer,
             quality=None,
+            _verified=True,
         )
 
     # ------------------------------------------------------------------ serialisation

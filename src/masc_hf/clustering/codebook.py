@@ -1,13 +1,11 @@
-"""Codebook arrays: validation, the sha256 fingerprint, l2 normalisation and .npy/.safetensors files.
-
-Only numpy and safetensors' numpy API here; original ``.pt`` checkpoints and diffusers ``VQModel``
-directories are read by ``masc_hf.tokenizers`` (they need torch).
+"""A codebook as an array: validation (the one check every path makes once), the sha256
+fingerprint and l2 normalisation. Numpy only; reading codebooks from files and models is
+:mod:`masc_hf.vq.codebook`'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,16 +13,10 @@ import numpy as np
 from ..errors import CodebookError
 
 __all__ = [
-    "LLAMAGEN_CODEBOOK_KEY",
     "as_codebook",
     "codebook_fingerprint",
     "l2_normalize",
-    "read_codebook_file",
 ]
-
-# Where LlamaGen's VQ state dict keeps its codebook (rows l2-normalised at use time).
-LLAMAGEN_CODEBOOK_KEY = "quantize.embedding.weight"
-
 
 def as_codebook(codebook: Any, name: str = "codebook") -> np.ndarray:
     """Validate ``codebook`` (numpy array, torch tensor or nested list) and return it as a
@@ -77,59 +69,12 @@ def codebook_fingerprint(codebook: Any) -> str:
     """sha256 hex digest identifying a codebook: over ``b"N,d;"`` then the rows as little-endian
     float32 in C order. float32 because that is what tokenizers store: the same codebook read from
     a numpy file, a torch checkpoint or a diffusers model gets the same fingerprint."""
-    array = as_codebook(codebook)
+    return fingerprint_of_valid(as_codebook(codebook))
+
+
+def fingerprint_of_valid(array: np.ndarray) -> str:
+    """:func:`codebook_fingerprint` of an array :func:`as_codebook` already returned (no second check)."""
     n, d = array.shape
     digest = hashlib.sha256(f"{n},{d};".encode())
     digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
     return digest.hexdigest()
-
-
-def read_codebook_file(path: str | Path, tensor: str | None = None) -> tuple[np.ndarray, str]:
-    """Read a codebook from ``.npy`` or ``.safetensors``; returns ``(codebook [N, d], description)``.
-
-    For ``.safetensors``: ``tensor`` names the array; without it, a LlamaGen VQ state dict is
-    recognised by ``quantize.embedding.weight`` (rows l2-normalised, as the tokenizer uses them),
-    and a file holding exactly one 2-D tensor uses that one.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CodebookError(f"codebook file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if tensor is not None:
-            raise CodebookError(f"--tensor {tensor!r} only applies to .safetensors files, not {path.name}")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise CodebookError(f"{path} is not a plain numpy array file ({err}); save it with np.save") from err
-        return as_codebook(array, name=str(path)), f"{path.name}"
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as handle:
-                keys = list(handle.keys())
-                if tensor is None and LLAMAGEN_CODEBOOK_KEY in keys:
-                    tensor = LLAMAGEN_CODEBOOK_KEY
-                if tensor is None:
-                    two_d = [k for k in keys if len(handle.get_slice(k).get_shape()) == 2]
-                    if len(two_d) != 1:
-                        raise CodebookError(
-                            f"{path} holds {len(keys)} tensors ({', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}); "
-                            "name the codebook with --tensor NAME"
-                        )
-                    tensor = two_d[0]
-                if tensor not in keys:
-                    raise CodebookError(
-                        f"{path} has no tensor {tensor!r}; it has: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-                    )
-                array = as_codebook(handle.get_tensor(tensor), name=f"{path}:{tensor}")
-        except SafetensorError as err:
-            raise CodebookError(f"{path} is not a readable safetensors file ({err})") from err
-        if tensor == LLAMAGEN_CODEBOOK_KEY:  # LlamaGen looks rows up l2-normalised: cluster what it uses
-            return l2_normalize(array), f"{path.name}:{tensor} (l2-normalised, LlamaGen VQ)"
-        return array, f"{path.name}:{tensor}"
-    raise CodebookError(
-        f"unsupported codebook file {path.name!r}: use .npy, .safetensors, an original LlamaGen VQ "
-        "checkpoint (.pt) or a diffusers VQModel directory"
-    )

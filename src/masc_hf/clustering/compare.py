@@ -25,7 +25,7 @@ def compare_methods(codebook: Any, k: int, methods: Iterable[str] = ("masc", "km
         start = time.perf_counter()
         cluster_map = build_cluster_map(array, k, method=method, seed=seed, compute_quality=False)
         seconds = time.perf_counter() - start
-        from .quality import cluster_quality
+        from .quality import quality_of_valid
 
-        rows.append({"method": method, "seconds": seconds, **cluster_quality(array, cluster_map, seed=seed)})
+        rows.append({"method": method, "seconds": seconds, **quality_of_valid(array, cluster_map, seed=seed)})
     return rows

@@ -31,7 +31,11 @@ def cluster_quality(codebook: Any, cluster_map: Any, sample_size: int = 2000, se
     * ``silhouette``: mean silhouette coefficient of ``sample_size`` tokens drawn with ``seed``,
       each computed exactly against the full partition (singletons count 0, as in Rousseeuw).
     """
-    array = as_codebook(codebook)
+    return quality_of_valid(as_codebook(codebook), cluster_map, sample_size, seed)
+
+
+def quality_of_valid(array: np.ndarray, cluster_map: Any, sample_size: int = 2000, seed: int = 0) -> dict:
+    """:func:`cluster_quality` of a codebook :func:`as_codebook` already returned (no second check)."""
     labels = _labels_of(cluster_map)
     if labels.shape != (array.shape[0],):
         raise ClusterMapMismatchError(

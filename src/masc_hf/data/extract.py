@@ -75,7 +75,7 @@ def extract_codes(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"{name} must be a positive integer, got {value!r}")
     from ..clustering import codebook_fingerprint
-    from ..tokenizers import downsample_factor, encode_images, export_codebook
+    from ..vq import downsample_factor, encode_images, export_codebook
 
     factor = downsample_factor(vqmodel)
     if image_size % factor:

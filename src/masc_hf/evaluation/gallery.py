@@ -116,7 +116,7 @@ def token_tiles(vqvae: VQModel, tokens, *, crop_tokens: int = 4, batch_size: int
     """
     import PIL.Image
 
-    from ..tokenizers.vq import decode_ids, downsample_factor
+    from ..vq.tokens import decode_ids, downsample_factor
 
     factor = downsample_factor(vqvae)
     latent_side = max(1, vqvae.config.sample_size // factor)

@@ -61,7 +61,7 @@ def check_map_fits_model(cluster_map: MASCClusterMap | None, model: Any, what: s
 
 def tokenizer_fingerprint(vqvae: VQModel) -> str:
     """The codebook fingerprint of a diffusers ``VQModel`` (what a map built from it records)."""
-    from ..tokenizers.codebook import load_codebook_from_vqmodel
+    from ..vq.codebook import load_codebook_from_vqmodel
 
     return codebook_fingerprint(load_codebook_from_vqmodel(vqvae))
 

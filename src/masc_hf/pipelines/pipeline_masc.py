@@ -17,7 +17,7 @@ from .._io import write_text_atomic
 from ..clustering import MASCClusterMap
 from ..errors import MASCError
 from ..models import LlamaGenForImageGeneration
-from ..tokenizers.vq import decode_ids, downsample_factor
+from ..vq.tokens import decode_ids, downsample_factor
 from .labels import imagenet_id2label, label_index, resolve_class_labels
 from .pairing import check_pipeline_components
 

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from masc_hf.cli import main
 from masc_hf.errors import CheckpointError
-from masc_hf.tokenizers import LLAMAGEN_VQ_PRESETS, LlamaGenVQConfig, convert_llamagen_vq, convert_llamagen_vq_state_dict
-from masc_hf.tokenizers.convert_vq import diffusers_vq_key, expected_vq_shapes, llamagen_vq_key
+from masc_hf.vq import LLAMAGEN_VQ_PRESETS, LlamaGenVQConfig, convert_llamagen_vq, convert_llamagen_vq_state_dict
+from masc_hf.vq.convert_llamagen import diffusers_vq_key, expected_vq_shapes, llamagen_vq_key
 
 CODEBOOK_USED = "quantize.codebook_used"
 

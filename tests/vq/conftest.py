@@ -17,7 +17,7 @@ def vq_io(vq_fixtures):
 
 @pytest.fixture(scope="session")
 def converted_vq_dir(vq_fixtures, tmp_path_factory) -> Path:
-    from masc_hf.tokenizers import convert_llamagen_vq
+    from masc_hf.vq import convert_llamagen_vq
 
     out = tmp_path_factory.mktemp("converted") / "tiny-vq"
     return convert_llamagen_vq(vq_fixtures / "model.safetensors", out, config=vq_fixtures / "config.json", sample_size=64)

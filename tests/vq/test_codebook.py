@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from masc_hf.errors import CodebookError, MASCError
-from masc_hf.tokenizers import (
+from masc_hf.vq import (
     codebook_source_name,
     export_codebook,
     l2_normalize_rows,
@@ -93,7 +93,7 @@ def test_errors(llamagen_fixtures, tmp_path):
 
 def test_light_import_and_safetensors_path(vq_fixtures, converted_vq_dir):
     code = (
-        "import sys, masc_hf.tokenizers as t\n"
+        "import sys, masc_hf.vq as t\n"
         f"a = t.load_codebook_from_llamagen_checkpoint({str(vq_fixtures / 'model.safetensors')!r})\n"
         f"b = t.load_codebook_from_vqmodel({str(converted_vq_dir)!r})\n"
         "assert (a == b).all() and a.shape == (256, 8)\n"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from masc_hf.errors import MASCError
-from masc_hf.tokenizers import decode_ids, encode_images, load_llamagen_vq
+from masc_hf.vq import decode_ids, encode_images, load_llamagen_vq
 
 IMAGE_ATOL = 1e-4  # diffusers attends with SDPA, the reference with bmm + softmax
 LATENT_ATOL = 1e-5
