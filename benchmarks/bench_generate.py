@@ -1,8 +1,10 @@
-"""Speed and memory of ``LlamaGenForImageGeneration.generate`` against a no-cache baseline.
+"""Speed and memory of ``LlamaGenForImageGeneration.generate``: eager and compiled, against a no-cache baseline.
 
 Prints images/s, tokens/s and peak memory for one preset and batch size, on CPU and (when one is
-available) CUDA. The baseline recomputes the whole prefix for every token, which is what the static
-KV cache saves. Weights are random: speed does not depend on them.
+available) CUDA, for the static-cache decode step run eagerly and under ``torch.compile``
+(``generate(compile=True)``: fullgraph, and CUDA graphs on CUDA), and for a baseline that recomputes
+the whole prefix for every token (what the static KV cache saves). The compile time of the first
+call is reported apart. Weights are random: speed does not depend on them.
 
     python benchmarks/bench_generate.py                       # tiny random model, batch 4 (about 1-2 min on 2 CPU cores)
     python benchmarks/bench_generate.py --preset GPT-B-256 --batch-size 8 --device cuda --dtype bfloat16
@@ -41,7 +43,8 @@ def generate_without_cache(model: LlamaGenForImageGeneration, labels: torch.Tens
     tokens = torch.empty(batch, model.config.block_size, dtype=torch.long, device=labels.device)
     for step in range(model.config.block_size):
         prefix = tokens[:, :step].repeat(rows.shape[0] // batch, 1)
-        logits = model._decoder(torch.cat([class_embeds, model.embed_tokens(prefix)], dim=1))[:, -1]
+        hidden = torch.cat([class_embeds, model.embed_tokens(prefix)], dim=1)
+        logits = model._decoder(hidden, torch.arange(hidden.shape[1], device=hidden.device))[:, -1]
         if guided:
             logits = logits[batch:] + guidance_scale * (logits[:batch] - logits[batch:])
         tokens[:, step] = torch.multinomial(logits.softmax(-1), 1)[:, 0]
@@ -79,22 +82,31 @@ def run(args: argparse.Namespace, device: str) -> None:
         f"\n{args.preset} ({model.num_parameters() / 1e6:.1f}M params, block_size {config.block_size}) on {device}, "
         f"{args.dtype}, batch {args.batch_size}, guidance {args.guidance_scale}, threads {torch.get_num_threads()}"
     )
-    candidates = {"static KV cache": lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k)}
+    eager = lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k)  # noqa: E731
+    compiled = lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k, compile=True)  # noqa: E731
+    candidates = {"static cache, eager": eager}
+    if not args.no_compile:
+        candidates["static cache, compiled"] = compiled
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
-    print(f"{'method':<22}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
+    print(f"{'method':<26}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
     results = {}
     for name, fn in candidates.items():
-        if name == "static KV cache":
-            fn()  # warm-up (allocator, kernels); the baseline reuses the same kernels
+        if name != "no cache (baseline)":
+            start = time.perf_counter()
+            fn()  # warm-up (allocator, kernels; the compiled step compiles here); the baseline reuses the eager kernels
+            if name == "static cache, compiled":
+                print(f"{'(compiling the decode step':<26} {time.perf_counter() - start:.1f} s, once per model and batch shape)")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         # the baseline is quadratic in block_size: one timed run is enough to show the gap
-        seconds = measure(fn, device, args.repeats if name == "static KV cache" else 1)
+        seconds = measure(fn, device, args.repeats if name != "no cache (baseline)" else 1)
         results[name] = seconds
-        print(f"{name:<22}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peak_memory_mib(device):>10.0f}")
-    if len(results) == 2:
-        print(f"speed-up of the cache: {results['no cache (baseline)'] / results['static KV cache']:.1f}x")
+        print(f"{name:<26}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peak_memory_mib(device):>10.0f}")
+    base = results["static cache, eager"]
+    for name, seconds in results.items():
+        if name != "static cache, eager":
+            print(f"{name} / eager speed: {base / seconds:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of generate (best is reported)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

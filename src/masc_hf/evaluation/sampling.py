@@ -17,7 +17,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from .._io import atomic_file, write_text_atomic
+from .._io import atomic_file, atomic_path, write_text_atomic
 from ..errors import MASCError
 
 logger = logging.getLogger(__name__)
@@ -403,17 +403,13 @@ def pack_npz(folder: str | os.PathLike, out_path: str | os.PathLike, *, expected
     files = check_sample_folder(folder, expected_count=expected_count, expected_size=expected_size)
     height, width = _image_height_width(files[0])
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (len(files), height, width, 3)}
-    try:
+    with atomic_path(out_path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, header)
                 for path in tqdm(files, desc="packing", unit="img", disable=len(files) < 1000):
                     member.write(_read_rgb(path, (height, width)).tobytes())
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("packed %d images of %dx%d from %s into %s", len(files), width, height, folder, out_path)
     return out_path
 

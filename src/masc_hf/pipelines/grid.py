@@ -13,23 +13,25 @@ from .._io import atomic_path
 
 
 def make_image_grid(images: list[PIL.Image.Image], rows: int, row_labels: list[str] | None = None, label_width: int | None = None) -> PIL.Image.Image:
-    """Images laid out row by row (``len(images) / rows`` columns); optional label column on the left."""
+    """Images laid out row by row (``len(images) / rows`` columns, diffusers' ``make_image_grid``),
+    with an optional column of row labels on the left."""
+    from diffusers.utils import make_image_grid as grid_of
+
     if rows < 1 or len(images) % rows:
         raise ValueError(f"{len(images)} images do not fill {rows} rows evenly")
-    cols = len(images) // rows
-    w, h = images[0].size
+    body = grid_of([image.convert("RGB") for image in images], rows=rows, cols=len(images) // rows)
+    if row_labels is None:
+        return body
     font = PIL.ImageFont.load_default()
-    if row_labels is not None and label_width is None:
+    if label_width is None:
         probe = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
         label_width = max(int(probe.textlength(text, font=font)) for text in row_labels) + 12
-    label_width = label_width if row_labels is not None else 0
-    grid = PIL.Image.new("RGB", (label_width + cols * w, rows * h), "white")
+    grid = PIL.Image.new("RGB", (label_width + body.width, body.height), "white")
+    grid.paste(body, (label_width, 0))
     draw = PIL.ImageDraw.Draw(grid)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        grid.paste(image.convert("RGB"), (label_width + c * w, r * h))
-    for r, text in enumerate(row_labels or []):
-        draw.text((6, r * h + h // 2), text, fill="black", font=font, anchor="lm")
+    row_height = body.height // rows
+    for r, text in enumerate(row_labels):
+        draw.text((6, r * row_height + row_height // 2), text, fill="black", font=font, anchor="lm")
     return grid
 
 
