@@ -1,40 +1,7 @@
-"""Conversion of an original LlamaGen VQ tokenizer checkpoint into a ``diffusers.VQModel``.
-
-LlamaGen's VQ tokenizer is, for inference, exactly a diffusers ``VQModel`` built as follows
-(checked block by block against diffusers 0.42 and against the golden fixtures):
-
-================================  ===============================================================
-LlamaGen                          diffusers ``VQModel``
-================================  ===============================================================
-``ch * ch_mult``                  ``block_out_channels`` (needs ``ch_mult[0] == 1``: LlamaGen's
-                                  ``conv_in`` outputs ``ch``, diffusers' outputs
-                                  ``block_out_channels[0]``)
-``num_res_blocks``                ``layers_per_block`` (the decoder gets one more, in both)
-``z_channels``                    ``latent_channels``
-codebook size x dim               ``num_vq_embeddings`` x ``vq_embed_dim``
-attention on the last encoder     ``AttnDownEncoderBlock2D`` last, ``AttnUpDecoderBlock2D`` first;
-level / first decoder level       single head (``attention_head_dim`` = channels), scale C^-0.5
-downsample: pad right/bottom 1,   ``Downsample2D(padding=0)``: pads ``(0, 1, 0, 1)`` then conv
-conv 3x3 stride 2 padding 0       3x3 stride 2 padding 0
-upsample: nearest x2, conv 3x3    ``Upsample2D``: nearest x2, conv 3x3 padding 1
-GroupNorm(32, eps 1e-6), swish    ``norm_num_groups=32``, eps 1e-6 everywhere, ``act_fn="silu"``
-``decoder.conv_blocks.j``         ``decoder.up_blocks.j`` (both count from the lowest
-                                  resolution, so the index is kept)
-================================  ===============================================================
-
-Two differences are settled here, once:
-
-* The attention projections ``q, k, v, proj_out`` are 1x1 convolutions in LlamaGen and
-  ``nn.Linear`` in diffusers: the ``[out, in, 1, 1]`` kernels become ``[out, in]`` matrices.
-* LlamaGen (``codebook_l2_norm=True``) l2-normalises the codebook rows *and* each latent vector
-  before the nearest-neighbour search; diffusers' ``VectorQuantizer`` normalises neither. The
-  rows are normalised once here, at conversion. The latents need no normalisation: with unit
-  rows, ``|z - e|^2 = |z|^2 + 1 - 2 z.e``, so ``argmin_e |z - e| = argmax_e z.e
-  = argmin_e |z/|z| - e|`` for any ``z != 0``: diffusers' own quantizer picks the reference's
-  indices. The quantized value is the same codebook row in both (up to the rounding of the
-  straight-through ``z + (e - z)``).
-
-The usage counter ``quantize.codebook_used`` (training only) is dropped.
+"""Conversion of an original LlamaGen VQ tokenizer checkpoint into a plain ``diffusers.VQModel``
+(no subclass): keys renamed, 1x1 attention convolutions turned into linear weights, codebook rows
+l2-normalised once. Design notes (the block-by-block mapping, why no quantizer change is needed):
+docs/vq.md.
 """
 
 from __future__ import annotations
