@@ -375,3 +375,17 @@ def test_directories_saved_before_generation_configs_still_load(tiny_model, tmp_
     loaded = AutoModel.from_pretrained(tmp_path / "old").eval()
     assert loaded.generation_config.guidance_scale == 3.0
     assert torch.equal(loaded.generate([1, 2], top_k=1), tiny_model.generate([1, 2], guidance_scale=3.0, top_k=1))
+
+
+def test_the_training_forward_has_no_host_sync(tiny_model, gpt_forward):
+    """With check_inputs=False (the trainer's call: ids were checked when the data was read) forward
+    traces as one graph: no .item(), no data-dependent branch, so nothing waits for the device."""
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model.train()
+    tokens = torch.cat([gpt_forward["idx"], gpt_forward["idx"][:, :1]], dim=1)
+    step = torch.compile(
+        lambda: model(input_ids=tokens[:, :-1], class_labels=gpt_forward["cond_idx"], labels=tokens, check_inputs=False).loss,
+        fullgraph=True, backend="eager",  # traced by dynamo: a graph break (a host sync) raises
+    )
+    assert torch.isfinite(step())
