@@ -19,22 +19,6 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 @pytest.fixture(scope="module")
-def parts(llamagen_fixtures, tmp_path_factory):
-    from diffusers import VQModel
-
-    root = tmp_path_factory.mktemp("parts")
-    vq_dir = convert_llamagen_vq(llamagen_fixtures / "vq" / "model.safetensors", root / "vq", config=llamagen_fixtures / "vq" / "config.json")
-    vqvae = VQModel.from_pretrained(vq_dir).eval()
-    config = load_config_file(llamagen_fixtures / "gpt" / "config.json")
-    flat_dir = convert_llamagen_checkpoint(llamagen_fixtures / "gpt" / "model.safetensors", root / "flat", config)
-    flat = LlamaGenForImageGeneration.from_pretrained(flat_dir).eval()
-    cluster_map = build_cluster_map(load_codebook_from_vqmodel(vqvae), 64, compute_quality=False)
-    masc_dir = convert_llamagen_checkpoint(llamagen_fixtures / "gpt" / "model.safetensors", root / "masc", config, cluster_map=cluster_map)
-    masc = LlamaGenForImageGeneration.from_pretrained(masc_dir).eval()
-    return {"vqvae": vqvae, "flat": flat, "masc": masc, "cluster_map": cluster_map}
-
-
-@pytest.fixture(scope="module")
 def flat_pipe(parts):
     pipe = MASCPipeline(transformer=parts["flat"], vqvae=parts["vqvae"], id2label=dict(enumerate(FASHION)))
     pipe.set_progress_bar_config(disable=True)

@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from masc_hf import build_cluster_map
-from masc_hf.models import LlamaGenForImageGeneration
-from masc_hf.models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
 from masc_hf.pipelines import MASCPipeline
-from masc_hf.vq.codebook import load_codebook_from_vqmodel
-from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
 
 def digest(images: np.ndarray) -> str:
@@ -26,23 +21,15 @@ def digest(images: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipes(llamagen_fixtures, tmp_path_factory):
-    from diffusers import VQModel
+def pipes(parts):
+    import copy
 
-    root = tmp_path_factory.mktemp("seeded")
-    vq_dir = convert_llamagen_vq(llamagen_fixtures / "vq" / "model.safetensors", root / "vq", config=llamagen_fixtures / "vq" / "config.json")
-    vqvae = VQModel.from_pretrained(vq_dir).eval()
-    config = load_config_file(llamagen_fixtures / "gpt" / "config.json")
-    flat_dir = convert_llamagen_checkpoint(llamagen_fixtures / "gpt" / "model.safetensors", root / "flat", config)
-    flat = LlamaGenForImageGeneration.from_pretrained(flat_dir).eval()
-    cluster_map = build_cluster_map(load_codebook_from_vqmodel(vqvae), 64, compute_quality=False)
-    masc_dir = convert_llamagen_checkpoint(llamagen_fixtures / "gpt" / "model.safetensors", root / "masc", config, cluster_map=cluster_map)
-    masc = LlamaGenForImageGeneration.from_pretrained(masc_dir).eval()
+    masc = copy.deepcopy(parts["masc"])
     with torch.no_grad():  # a head that prefers some clusters (the converted start predicts uniformly)
         masc.lm_head.weight.copy_(torch.randn(masc.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
     result = {
-        "flat": MASCPipeline(transformer=flat, vqvae=vqvae),
-        "masc": MASCPipeline(transformer=masc, vqvae=vqvae, cluster_map=cluster_map),
+        "flat": MASCPipeline(transformer=parts["flat"], vqvae=parts["vqvae"]),
+        "masc": MASCPipeline(transformer=masc, vqvae=parts["vqvae"], cluster_map=parts["cluster_map"]),
     }
     for pipe in result.values():
         pipe.set_progress_bar_config(disable=True)
