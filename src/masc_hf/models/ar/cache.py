@@ -11,27 +11,29 @@ import torch
 
 
 class StaticKVCache:
-    """Keys and values of every layer in two buffers ``[layers, rows, kv_heads, max_len, head_dim]``.
+    """Keys and values of every layer in fixed buffers, one pair per layer ``[rows, kv_heads, max_len, head_dim]``.
 
     Positions are written in place with ``index_copy_``; attention reads the whole buffer under the
     mask :meth:`attention_mask`, so every decode step has the same shapes (compilable, and CUDA-graph
-    friendly: the buffers are marked as static addresses).
+    friendly: the buffers are marked as static addresses). One tensor per layer, not views of one
+    big tensor: a compiled step then writes the new position in place instead of copying the base.
     """
 
     def __init__(
         self, num_layers: int, rows: int, num_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> None:
-        shape = (num_layers, rows, num_kv_heads, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (rows, num_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.arange(max_len, device=device)
         if not torch.compiler.is_compiling():
-            torch._dynamo.mark_static_address(self.keys)
-            torch._dynamo.mark_static_address(self.values)
+            for tensor in (*self.keys, *self.values):
+                torch._dynamo.mark_static_address(tensor)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.keys.shape)
+        """``(layers, rows, kv_heads, max_len, head_dim)``."""
+        return (len(self.keys), *self.keys[0].shape)
 
     def update(
         self, layer_idx: int, cache_position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
