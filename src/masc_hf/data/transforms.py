@@ -3,8 +3,8 @@
 * :func:`center_crop` is the ADM-style crop LlamaGen trains and extracts codes with: halve the
   image with a BOX filter while its short side is at least twice the target, resize with BICUBIC
   so the short side equals the target, then crop the centre.
-* :func:`to_tensor` maps a PIL image to ``[C, H, W]`` float32 in ``[-1, 1]``, with the same float
-  operations as ``ToTensor()`` then ``Normalize(0.5, 0.5)``.
+* :func:`to_tensor` maps a PIL image to ``[C, H, W]`` float32 in ``[-1, 1]`` (the same values as
+  ``ToTensor()`` then ``Normalize(0.5, 0.5)``), through :func:`~masc_hf.data.pixels.images_to_tensor`.
 * :func:`extraction_views` gives the views LlamaGen's code extraction encodes per image
   (``AUGMENTATIONS``): ``"none"`` the centre crop; ``"flip"`` the centre crop and its mirror
   (LlamaGen's default); ``"ten-crop"`` the four corner crops and the centre crop of a ``1.1x``
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from .pixels import images_to_tensor
 
 # augmentation name -> views per image, in the order extraction_views returns them
 AUGMENTATIONS = {"none": 1, "flip": 2, "ten-crop": 10}
@@ -44,13 +45,7 @@ def center_crop(image: Image.Image, image_size: int) -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """``[C, H, W]`` float32 in ``[-1, 1]`` (``C = 1`` for a grayscale image, 3 for RGB)."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise DataError(f"expected an 8-bit image, got PIL mode {image.mode!r}; convert it first, e.g. image.convert('RGB')")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
-    return tensor.sub_(0.5).div_(0.5)
+    return images_to_tensor(image, value_range=(-1.0, 1.0))[0]
 
 
 def ten_crop(image: Image.Image, crop_size: int) -> list[Image.Image]:
