@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.pixels import images_to_tensor
+from ..data.pixels import images_to_tensor, psnr
 from ..errors import DataError, MASCError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -239,8 +239,8 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
         per_image_mse.append(((recon - target) ** 2).mean(dim=(1, 2, 3)) / 4)
     vqmodel.train(was_training)
     mse = torch.cat(per_image_mse).double()
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-    return {"psnr": float(psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
+    per_image_psnr = psnr(mse.clamp_min(1e-10))  # a perfect image counts 100 dB, not inf
+    return {"psnr": float(per_image_psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
 
 
 def train_vq_tokenizer(
@@ -324,7 +324,7 @@ def train_vq_tokenizer(
             stats["reconstruction_loss"].append(float(reconstruction_loss.detach()))
             stats["quantizer_loss"].append(float(quantizer_loss.detach()))
             if progress and (step % 10 == 0 or in_use is not None):
-                postfix = {"loss": f"{stats['loss'][-1]:.4f}", "psnr": f"{_psnr_from_mse(stats['reconstruction_loss'][-1]):.1f}"}
+                postfix = {"loss": f"{stats['loss'][-1]:.4f}", "psnr": f"{psnr(max(stats['reconstruction_loss'][-1], 1e-10), data_range=2.0):.1f}"}
                 if in_use is not None:
                     postfix["codes"] = f"{in_use}/{config.num_embeddings}"
                 bar.set_postfix(postfix, refresh=False)
@@ -401,10 +401,6 @@ def _training_usage(model: VQModel, source: _ImageSource, generator: torch.Gener
         ids = encode_images(model, source.batch(indices[start : start + 512]))
         counts += torch.bincount(ids.reshape(-1), minlength=counts.numel())
     return _usage(counts)
-
-
-def _psnr_from_mse(mse_minus1_1: float) -> float:
-    return 10 * math.log10(4.0 / max(mse_minus1_1, 1e-10))
 
 
 class _EpochSampler:
