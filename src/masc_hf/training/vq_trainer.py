@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ..data.pixels import images_to_tensor, psnr
 from ..errors import DataError, MASCError
+from .schedules import warmup_cosine_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -82,7 +83,8 @@ class VQTrainingConfig:
     ``layers_per_block``, ``latent_channels``, ``norm_num_groups`` (must divide every channel count),
     ``num_embeddings`` x ``embed_dim`` (the codebook).
     Optimisation: ``steps`` of ``batch_size`` images, AdamW at peak ``lr`` with betas ``(0.9, 0.95)``,
-    linear warm-up over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``; dead codes re-seeded
+    linear warm-up from 0 over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``
+    (:func:`~masc_hf.training.schedules.warmup_cosine_schedule`); dead codes re-seeded
     every ``reseed_every`` steps during the first ``reseed_until`` fraction of the run; ``seed``.
     """
 
@@ -288,7 +290,9 @@ def train_vq_tokenizer(
     legacy = quantizer.legacy
     quantizer.legacy = False  # LlamaGen's weights: codebook term 1, commitment term beta
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scheduler = warmup_cosine_schedule(
+        optimizer, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio
+    )
     sampler = _EpochSampler(len(source), config.batch_size, generator)
 
     stats: dict[str, Any] = {"loss": [], "reconstruction_loss": [], "quantizer_loss": [], "reseeded_codes": 0}
@@ -358,17 +362,6 @@ def _resolve_config(config: VQTrainingConfig | str | None, overrides: dict[str, 
     if not isinstance(config, VQTrainingConfig):
         raise VQTrainingError(f"config must be a VQTrainingConfig or a preset name, got {type(config).__name__}")
     return config.replace(**overrides) if overrides else config
-
-
-def _lr_lambda(config: VQTrainingConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @torch.no_grad()
