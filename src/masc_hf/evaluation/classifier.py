@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .._io import staged_dir
 from ..data.pixels import images_to_tensor, is_pil_image
 from ..errors import DataError, MASCError
+from ..training.schedules import warmup_cosine_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -266,11 +267,11 @@ def train_classifier(
     """Train an :class:`ImageClassifier` on ``images`` (any kind :func:`to_classifier_input` takes;
     e.g. Fashion-MNIST uint8 ``[60000, 28, 28]``) and ``labels`` ``[n]`` in ``[0, num_classes)``.
 
-    AdamW with a one-cycle schedule (warm-up to ``lr`` over the first 20% of the steps, cosine to
-    ``lr / 100``), ``epochs`` passes (a fraction is allowed) in shuffled batches; deterministic for a
-    ``seed`` on CPU; the caller's global RNG state is left as it was. With ``eval_images`` /
-    ``eval_labels`` (e.g. the test split) the accuracy on them is measured at the end and stored in
-    ``classifier.metrics["test_accuracy"]``.
+    AdamW, its learning rate warmed up linearly from 0 to ``lr`` over the first 20% of the steps, then
+    a cosine to ``lr / 100`` (:func:`~masc_hf.training.schedules.warmup_cosine_schedule`); ``epochs``
+    passes (a fraction is allowed) in shuffled batches; deterministic for a ``seed`` on CPU; the
+    caller's global RNG state is left as it was. With ``eval_images`` / ``eval_labels`` (e.g. the test
+    split) the accuracy on them is measured at the end and stored in ``classifier.metrics["test_accuracy"]``.
 
     Returns ``(classifier, stats)``: the classifier in eval mode and ``steps``, ``seconds``, ``loss``
     (per step), ``train_accuracy`` (running, last epoch's batches) and ``test_accuracy`` if measured.
@@ -291,9 +292,7 @@ def train_classifier(
         model = ImageClassifier(config)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=steps, pct_start=0.2, div_factor=10.0, final_div_factor=10.0
-        )
+        scheduler = warmup_cosine_schedule(optimizer, warmup_steps=round(0.2 * steps), total_steps=steps, min_lr_ratio=0.01)
         stats: dict[str, Any] = {"loss": []}
         correct = seen = 0
         order, position = torch.randperm(pixels.shape[0], generator=generator), 0
