@@ -3,8 +3,8 @@
 * :func:`center_crop` is the ADM-style crop LlamaGen trains and extracts codes with: halve the
   image with a BOX filter while its short side is at least twice the target, resize with BICUBIC
   so the short side equals the target, then crop the centre.
-* :func:`to_tensor` maps a PIL image to ``[C, H, W]`` float32 in ``[-1, 1]`` (the same values as
-  ``ToTensor()`` then ``Normalize(0.5, 0.5)``), through :func:`~masc_hf.data.pixels.images_to_tensor`.
+* :func:`to_tensor` maps a PIL image to ``[C, H, W]`` float32 in ``[-1, 1]``, with the same float
+  operations as ``ToTensor()`` then ``Normalize(0.5, 0.5)``.
 * :func:`extraction_views` gives the views LlamaGen's code extraction encodes per image
   (``AUGMENTATIONS``): ``"none"`` the centre crop; ``"flip"`` the centre crop and its mirror
   (LlamaGen's default); ``"ten-crop"`` the four corner crops and the centre crop of a ``1.1x``
