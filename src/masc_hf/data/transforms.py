@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError
+from .pixels import images_to_tensor
 
 # augmentation name -> views per image, in the order extraction_views returns them
 AUGMENTATIONS = {"none": 1, "flip": 2, "ten-crop": 10}
@@ -35,13 +36,7 @@ def center_crop(image: Image.Image, image_size: int) -> Image.Image:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """``[C, H, W]`` float32 in ``[-1, 1]`` (``C = 1`` for a grayscale image, 3 for RGB)."""
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise DataError(f"expected an 8-bit image, got PIL mode {image.mode!r}; convert it first, e.g. image.convert('RGB')")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
-    return tensor.sub_(0.5).div_(0.5)
+    return images_to_tensor(image, value_range=(-1.0, 1.0))[0]
 
 
 def ten_crop(image: Image.Image, crop_size: int) -> list[Image.Image]:

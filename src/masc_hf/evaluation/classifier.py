@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._io import staged_dir
-from ..errors import MASCError
+from ..data.pixels import images_to_tensor, is_pil_image
+from ..errors import DataError, MASCError
+from ..training.schedules import warmup_cosine_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _FILES = (CONFIG_NAME, WEIGHTS_NAME)
-# luma weights of ITU-R 601-2, PIL's convert("L")
-_LUMA = (0.299, 0.587, 0.114)
-# a float image whose values reach this far outside [0, 1] is taken to be on another scale
-_RANGE_TOLERANCE = 0.05
+_is_pil = is_pil_image  # the evaluation room's name for it (replacement.py imports it from here)
 
 
 class ClassifierError(MASCError):
@@ -210,30 +208,12 @@ def to_classifier_input(images: Any, image_size: int = 28, *, center_crop: int |
     uint8 values are divided by 255; float values must lie in ``[0, 1]`` (map ``[-1, 1]`` images
     with ``(x + 1) / 2``). RGB becomes luma (PIL's ``"L"`` weights). ``center_crop``: a side to crop
     to first (e.g. 28 for a tokenizer's 32x32 padding); then other sizes are resized (bilinear,
-    antialiased) to ``image_size``.
+    antialiased) to ``image_size``. The classifier's use of :func:`~masc_hf.data.pixels.images_to_tensor`.
     """
-    tensor = _as_nchw(images)
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-    elif tensor.is_floating_point():
-        tensor = tensor.float()
-        if tensor.numel():
-            low, high = float(tensor.min()), float(tensor.max())
-            if not (math.isfinite(low) and math.isfinite(high)) or low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-                raise ClassifierError(
-                    f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]; "
-                    "map [-1, 1] images with (x + 1) / 2, pass uint8 for [0, 255]"
-                )
-        tensor = tensor.clamp(0.0, 1.0)
-    else:
-        raise ClassifierError(f"images must be uint8 or float, got {tensor.dtype}")
-    channels = tensor.shape[1]
-    if channels == 4:
-        tensor, channels = tensor[:, :3], 3
-    if channels == 3:
-        tensor = (tensor * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    elif channels != 1:
-        raise ClassifierError(f"images must have 1, 3 or 4 channels, got {channels} (shape {list(tensor.shape)})")
+    try:
+        tensor = images_to_tensor(_pil_as_arrays(images), value_range=(0.0, 1.0), channels=1, allow_float=True)
+    except DataError as err:
+        raise ClassifierError(str(err)) from err
     if center_crop is not None:
         height, width = tensor.shape[2:]
         if not 0 < center_crop <= min(height, width):
@@ -275,11 +255,11 @@ def train_classifier(
     """Train an :class:`ImageClassifier` on ``images`` (any kind :func:`to_classifier_input` takes;
     e.g. Fashion-MNIST uint8 ``[60000, 28, 28]``) and ``labels`` ``[n]`` in ``[0, num_classes)``.
 
-    AdamW with a one-cycle schedule (warm-up to ``lr`` over the first 20% of the steps, cosine to
-    ``lr / 100``), ``epochs`` passes (a fraction is allowed) in shuffled batches; deterministic for a
-    ``seed`` on CPU; the caller's global RNG state is left as it was. With ``eval_images`` /
-    ``eval_labels`` (e.g. the test split) the accuracy on them is measured at the end and stored in
-    ``classifier.metrics["test_accuracy"]``.
+    AdamW, its learning rate warmed up linearly from 0 to ``lr`` over the first 20% of the steps, then
+    a cosine to ``lr / 100`` (:func:`~masc_hf.training.schedules.warmup_cosine_schedule`); ``epochs``
+    passes (a fraction is allowed) in shuffled batches; deterministic for a ``seed`` on CPU; the
+    caller's global RNG state is left as it was. With ``eval_images`` / ``eval_labels`` (e.g. the test
+    split) the accuracy on them is measured at the end and stored in ``classifier.metrics["test_accuracy"]``.
 
     Returns ``(classifier, stats)``: the classifier in eval mode and ``steps``, ``seconds``, ``loss``
     (per step), ``train_accuracy`` (running, last epoch's batches) and ``test_accuracy`` if measured.
@@ -300,9 +280,7 @@ def train_classifier(
         model = ImageClassifier(config)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=steps, pct_start=0.2, div_factor=10.0, final_div_factor=10.0
-        )
+        scheduler = warmup_cosine_schedule(optimizer, warmup_steps=round(0.2 * steps), total_steps=steps, min_lr_ratio=0.01)
         stats: dict[str, Any] = {"loss": []}
         correct = seen = 0
         order, position = torch.randperm(pixels.shape[0], generator=generator), 0
@@ -349,47 +327,17 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
 
 
-def _as_nchw(images: Any) -> torch.Tensor:
-    """Any supported image collection as an ``[n, C, H, W]`` tensor of its own dtype."""
+def _pil_as_arrays(images: Any) -> Any:
+    """PIL images of any mode and size as pixel arrays the converter takes: L and RGB as they are,
+    other modes as gray; mixed modes or sizes all gray at the first image's size. Other input unchanged."""
     if _is_pil(images):
         images = [images]
-    if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
-        if not len(images):
-            return torch.zeros((0, 1, 1, 1), dtype=torch.uint8)
-        if all(_is_pil(image) for image in images):
-            arrays = [np.asarray(image.convert("L") if image.mode not in ("L", "RGB") else image) for image in images]
-            if len({a.shape for a in arrays}) > 1:  # mixed modes or sizes: go through gray
-                arrays = [np.asarray(image.convert("L").resize(images[0].size)) for image in images]
-            images = np.stack(arrays)
-        else:
-            images = np.stack([np.asarray(image) for image in images])
-    if isinstance(images, torch.Tensor):
-        tensor = images.detach().cpu()
-        if tensor.ndim == 3:
-            tensor = tensor.unsqueeze(1)
-    elif isinstance(images, np.ndarray):
-        array = images
-        if array.dtype == np.float64:
-            array = array.astype(np.float32)
-        if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
-            raise ClassifierError(f"images must be uint8 or float, got numpy {array.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2) if tensor.ndim == 4 else tensor
-    else:
-        raise ClassifierError(f"images must be PIL images, a numpy array or a torch tensor, got {type(images).__name__}")
-    if tensor.ndim != 4:
-        raise ClassifierError(
-            f"images must be [n, H, W], [n, H, W, C] (numpy) or [n, C, H, W] (torch), got shape {list(tensor.shape)}"
-        )
-    return tensor
-
-
-def _is_pil(value: Any) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(value, Image.Image)
+    if not (isinstance(images, Sequence) and images and all(_is_pil(image) for image in images)):
+        return images
+    arrays = [np.asarray(image.convert("L") if image.mode not in ("L", "RGB") else image) for image in images]
+    if len({a.shape for a in arrays}) > 1:
+        arrays = [np.asarray(image.convert("L").resize(images[0].size)) for image in images]
+    return arrays
 
 
 def _as_labels(labels: Any, count: int, num_classes: int) -> torch.Tensor:

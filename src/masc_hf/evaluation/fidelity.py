@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_file
+from ..data.pixels import images_to_tensor
 from ..errors import MASCError
 from .sampling import SampleError, _height_width, check_npz_images, check_sample_folder, load_npz_images
 
@@ -157,8 +158,8 @@ class _ArrayDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.images[index].transpose(2, 0, 1)))
+    def __getitem__(self, index: int) -> torch.Tensor:  # uint8 [3, H, W], as torch-fidelity reads images
+        return images_to_tensor(self.images[index : index + 1], value_range=None)[0]
 
 
 def _describe(source, role: str, *, expected_count=None, expected_size=None) -> _Source:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.pixels import psnr
 from ..errors import DataError, MASCError
 from .classifier import _is_pil
 
@@ -181,9 +182,9 @@ def replacement_test(
                 "changed_tokens": float((replaced[name] != fine_ids).double().mean()),
             }
         row.update(
-            psnr=_psnr(acc["se_recon"] / count),
+            psnr=psnr(acc["se_recon"] / count),
             ssim=acc["ssim_recon"] / count,
-            psnr_vs_original=_psnr(acc["se_original"] / count),
+            psnr_vs_original=psnr(acc["se_original"] / count),
             ssim_vs_original=acc["ssim_original"] / count,
             num_images=int(count),
         )
@@ -303,10 +304,6 @@ def images_as_array(
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _psnr(mse: float) -> float:
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def _number(value: float | None, digits: int) -> str:
     if value is None:
         return "-"

@@ -43,16 +43,16 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.pixels import images_to_tensor, psnr
 from ..errors import DataError, MASCError
+from .schedules import warmup_cosine_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -83,7 +83,8 @@ class VQTrainingConfig:
     ``layers_per_block``, ``latent_channels``, ``norm_num_groups`` (must divide every channel count),
     ``num_embeddings`` x ``embed_dim`` (the codebook).
     Optimisation: ``steps`` of ``batch_size`` images, AdamW at peak ``lr`` with betas ``(0.9, 0.95)``,
-    linear warm-up over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``; dead codes re-seeded
+    linear warm-up from 0 over ``warmup_steps`` then cosine to ``lr * min_lr_ratio``
+    (:func:`~masc_hf.training.schedules.warmup_cosine_schedule`); dead codes re-seeded
     every ``reseed_every`` steps during the first ``reseed_until`` fraction of the run; ``seed``.
     """
 
@@ -186,12 +187,13 @@ def build_vqmodel(config: VQTrainingConfig, seed: int | None = None) -> VQModel:
 def to_vq_input(images: Any, image_size: int = 32, channels: int = 3) -> torch.Tensor:
     """Small uint8 images as a tokenizer batch: ``[n, channels, image_size, image_size]`` float32 in ``[-1, 1]``.
 
-    ``images``: uint8 ``[n, H, W]`` (grayscale) or ``[n, H, W, C]`` (numpy or torch), ``H, W <=
-    image_size``. Each image is centred on a black (``-1``) canvas of ``image_size``; grayscale is
-    replicated to ``channels``. Fashion-MNIST 28x28 -> 32x32 gets 2 pixels of background per side.
+    ``images``: uint8 ``[n, H, W]`` (grayscale) or ``[n, H, W, C]`` (numpy or torch, channels last),
+    or PIL images, ``H, W <= image_size``. Each image is centred on a black (``-1``) canvas of
+    ``image_size``; grayscale is replicated to ``channels`` (RGB becomes luma for ``channels=1``).
+    Fashion-MNIST 28x28 -> 32x32 gets 2 pixels of background per side. The tokenizer's use of
+    :func:`~masc_hf.data.pixels.images_to_tensor`.
     """
-    array = _as_uint8_images(images)
-    return _pad_to_tensor(array, image_size, channels)
+    return images_to_tensor(images, value_range=(-1.0, 1.0), channels=channels, pad_to=image_size, torch_channels_last=True)
 
 
 @torch.no_grad()
@@ -213,20 +215,20 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
     crop = None
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         inputs = images
-    else:
-        array = _as_uint8_images(images)
-        crop = array.shape[1:3]
+    else:  # uint8 [n, C, H, W], converted batch by batch
+        pixels = images_to_tensor(images, value_range=None, torch_channels_last=True)
+        crop = pixels.shape[2:]
         inputs = None
     was_training = vqmodel.training
     vqmodel.eval()
     counts = torch.zeros(vqmodel.config.num_vq_embeddings, dtype=torch.long)
     per_image_mse = []
-    total = inputs.shape[0] if inputs is not None else array.shape[0]
+    total = inputs.shape[0] if inputs is not None else pixels.shape[0]
     for start in range(0, total, batch_size):
         if inputs is not None:
             batch = inputs[start : start + batch_size]
         else:
-            batch = _pad_to_tensor(array[start : start + batch_size], image_size, channels)
+            batch = images_to_tensor(pixels[start : start + batch_size], value_range=(-1.0, 1.0), channels=channels, pad_to=image_size)
         ids = encode_images(vqmodel, batch)
         counts += torch.bincount(ids.reshape(-1).cpu(), minlength=counts.numel())
         recon = decode_ids(vqmodel, ids).float().cpu().clamp(-1, 1)
@@ -239,8 +241,8 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
         per_image_mse.append(((recon - target) ** 2).mean(dim=(1, 2, 3)) / 4)
     vqmodel.train(was_training)
     mse = torch.cat(per_image_mse).double()
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-    return {"psnr": float(psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
+    per_image_psnr = psnr(mse.clamp_min(1e-10))  # a perfect image counts 100 dB, not inf
+    return {"psnr": float(per_image_psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
 
 
 def train_vq_tokenizer(
@@ -288,7 +290,9 @@ def train_vq_tokenizer(
     legacy = quantizer.legacy
     quantizer.legacy = False  # LlamaGen's weights: codebook term 1, commitment term beta
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    scheduler = warmup_cosine_schedule(
+        optimizer, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio
+    )
     sampler = _EpochSampler(len(source), config.batch_size, generator)
 
     stats: dict[str, Any] = {"loss": [], "reconstruction_loss": [], "quantizer_loss": [], "reseeded_codes": 0}
@@ -324,7 +328,7 @@ def train_vq_tokenizer(
             stats["reconstruction_loss"].append(float(reconstruction_loss.detach()))
             stats["quantizer_loss"].append(float(quantizer_loss.detach()))
             if progress and (step % 10 == 0 or in_use is not None):
-                postfix = {"loss": f"{stats['loss'][-1]:.4f}", "psnr": f"{_psnr_from_mse(stats['reconstruction_loss'][-1]):.1f}"}
+                postfix = {"loss": f"{stats['loss'][-1]:.4f}", "psnr": f"{psnr(max(stats['reconstruction_loss'][-1], 1e-10), data_range=2.0):.1f}"}
                 if in_use is not None:
                     postfix["codes"] = f"{in_use}/{config.num_embeddings}"
                 bar.set_postfix(postfix, refresh=False)
@@ -360,17 +364,6 @@ def _resolve_config(config: VQTrainingConfig | str | None, overrides: dict[str, 
     return config.replace(**overrides) if overrides else config
 
 
-def _lr_lambda(config: VQTrainingConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        span = max(1, config.steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 @torch.no_grad()
 def _seed_codes(quantizer: torch.nn.Module, latents: torch.Tensor, codes: torch.Tensor, generator: torch.Generator) -> None:
     """Set codebook rows ``codes`` to distinct random unit latents of the batch (``[B, d, h, w]``)."""
@@ -403,10 +396,6 @@ def _training_usage(model: VQModel, source: _ImageSource, generator: torch.Gener
     return _usage(counts)
 
 
-def _psnr_from_mse(mse_minus1_1: float) -> float:
-    return 10 * math.log10(4.0 / max(mse_minus1_1, 1e-10))
-
-
 class _EpochSampler:
     """Batches of indices drawn without replacement, reshuffled each epoch (from ``generator``)."""
 
@@ -423,8 +412,9 @@ class _EpochSampler:
 
 
 class _ImageSource:
-    """Training images as batches ``[B, C, S, S]`` in ``[-1, 1]``: padded uint8 kept compact in memory
-    (60000 Fashion-MNIST images are 61 MB as uint8, 737 MB as float RGB), or a torch Dataset."""
+    """Training images as batches ``[B, C, S, S]`` in ``[-1, 1]``: padded uint8 ``[n, C, S, S]`` kept
+    compact in memory (60000 Fashion-MNIST images are 61 MB as uint8, 737 MB as float RGB), converted
+    per batch; or a torch Dataset."""
 
     def __init__(self, images: Any, config: VQTrainingConfig):
         self.config = config
@@ -440,11 +430,12 @@ class _ImageSource:
                     f"{list(first.shape)}; transform them (see to_vq_input) or change image_size/channels"
                 )
         else:
-            array = _as_uint8_images(images)
-            self.images = _pad_uint8(array, config.image_size)
-            self.size = array.shape[0]
+            self.images = images_to_tensor(images, value_range=None, pad_to=config.image_size, torch_channels_last=True)
+            self.size = self.images.shape[0]
         if self.size == 0:
             raise DataError("no training images given")
+        if self.dataset is None:
+            self.batch(torch.zeros(1, dtype=torch.long))  # channels that cannot become config.channels fail now
 
     def __len__(self) -> int:
         return self.size
@@ -458,48 +449,5 @@ class _ImageSource:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         if self.dataset is not None:
             return torch.stack([self._item(int(i)) for i in indices]).float()
-        return _uint8_to_tensor(self.images[indices.numpy()], self.config.channels)
+        return images_to_tensor(self.images[indices], value_range=(-1.0, 1.0), channels=self.config.channels)
 
-
-def _as_uint8_images(images: Any) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
-        images = np.stack([np.asarray(image) for image in images]) if len(images) else np.zeros((0, 0, 0), np.uint8)
-    array = np.asarray(images)
-    if array.dtype != np.uint8 or array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
-        raise DataError(
-            f"images must be uint8 [n, H, W] or [n, H, W, 1|3], got {array.dtype} {list(array.shape)}; "
-            "for float tensors in [-1, 1] pass a torch Dataset of [C, S, S] items"
-        )
-    return array
-
-
-def _pad_uint8(array: np.ndarray, image_size: int) -> np.ndarray:
-    height, width = array.shape[1:3]
-    if height > image_size or width > image_size:
-        raise DataError(
-            f"images of {height}x{width} do not fit the tokenizer's {image_size}x{image_size} input; "
-            "resize or crop them first, or raise image_size"
-        )
-    top, left = (image_size - height) // 2, (image_size - width) // 2
-    pad = [(0, 0), (top, image_size - height - top), (left, image_size - width - left)] + [(0, 0)] * (array.ndim - 3)
-    return np.pad(array, pad)
-
-
-def _uint8_to_tensor(array: np.ndarray, channels: int) -> torch.Tensor:
-    """uint8 ``[n, S, S]`` / ``[n, S, S, C]`` -> float32 ``[n, channels, S, S]`` in ``[-1, 1]``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(127.5).sub_(1.0)
-    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-    if tensor.shape[1] == channels:
-        return tensor.contiguous()
-    if tensor.shape[1] == 1:
-        return tensor.expand(-1, channels, -1, -1).contiguous()
-    if channels == 1:  # RGB -> luma (ITU-R 601-2, PIL's "L")
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (tensor * weights).sum(dim=1, keepdim=True)
-    raise DataError(f"cannot turn {tensor.shape[1]}-channel images into {channels} channels")
-
-
-def _pad_to_tensor(array: np.ndarray, image_size: int, channels: int) -> torch.Tensor:
-    return _uint8_to_tensor(_pad_uint8(array, image_size), channels)
