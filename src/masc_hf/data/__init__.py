@@ -28,6 +28,8 @@ _LAZY = {
     "extraction_views": "masc_hf.data.transforms",
     "ten_crop": "masc_hf.data.transforms",
     "to_tensor": "masc_hf.data.transforms",
+    "images_to_tensor": "masc_hf.data.pixels",
+    "psnr": "masc_hf.data.pixels",
     "FASHION_MNIST_CLASSES": "masc_hf.data.fashion_mnist",
     "FashionMNIST": "masc_hf.data.fashion_mnist",
     "load_fashion_mnist": "masc_hf.data.fashion_mnist",
@@ -50,4 +52,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extract import extract_codes, load_vqmodel
     from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist
     from .images import ImageStream, decode_image, open_streaming_dataset
+    from .pixels import images_to_tensor, psnr
     from .transforms import AUGMENTATIONS, center_crop, extraction_views, ten_crop, to_tensor

@@ -40,7 +40,6 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _FILES = (CONFIG_NAME, WEIGHTS_NAME)
-_is_pil = is_pil_image  # the evaluation room's name for it (replacement.py imports it from here)
 
 
 class ClassifierError(MASCError):
@@ -330,9 +329,9 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 def _pil_as_arrays(images: Any) -> Any:
     """PIL images of any mode and size as pixel arrays the converter takes: L and RGB as they are,
     other modes as gray; mixed modes or sizes all gray at the first image's size. Other input unchanged."""
-    if _is_pil(images):
+    if is_pil_image(images):
         images = [images]
-    if not (isinstance(images, Sequence) and images and all(_is_pil(image) for image in images)):
+    if not (isinstance(images, Sequence) and images and all(is_pil_image(image) for image in images)):
         return images
     arrays = [np.asarray(image.convert("L") if image.mode not in ("L", "RGB") else image) for image in images]
     if len({a.shape for a in arrays}) > 1:

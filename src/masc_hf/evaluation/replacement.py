@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.pixels import psnr
 from ..errors import DataError, MASCError
-from .classifier import _is_pil
+from ..data.pixels import is_pil_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -98,7 +98,7 @@ def replacement_test(
         results = replacement_test(vqvae, maps, load_fashion_mnist("test").images[:1000])
         print(format_replacement_table(results))
     """
-    from ..tokenizers.vq import decode_ids, downsample_factor, encode_images
+    from ..vq.tokens import decode_ids, downsample_factor, encode_images
     from ..training.vq_trainer import to_vq_input
 
     check_maps_against_tokenizer(vqvae, cluster_maps)
@@ -278,7 +278,7 @@ def images_as_array(
             images = collected
             if not images:
                 raise DataError(f"{source} (split {split!r}) holds no readable images")
-    if isinstance(images, Sequence) and images and all(_is_pil(image) for image in images):
+    if isinstance(images, Sequence) and images and all(is_pil_image(image) for image in images):
         from ..data.transforms import center_crop
 
         arrays = [np.asarray(center_crop(im, image_size) if max(im.size) > image_size else im) for im in images]

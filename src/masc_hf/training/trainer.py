@@ -325,7 +325,7 @@ def _dataloader(train_dataset, args: ARTrainingArguments, world: int):
 
 def _prepare(accelerator, model, dataloader, args: ARTrainingArguments):
     """Optimiser (LlamaGen's weight-decay grouping), cosine schedule, accelerate's wrappers, EMA; the step count."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    from .schedules import warmup_cosine_schedule
 
     peak_lr, final_lr = paper_learning_rates(model.config, args)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # matrices decay; norms and biases do not
@@ -340,8 +340,8 @@ def _prepare(accelerator, model, dataloader, args: ARTrainingArguments):
     if total_steps < 1 or steps_per_epoch < 1:
         raise TrainingError(f"nothing to train: {steps_per_epoch} steps per epoch, {total_steps} steps in total")
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process per optimiser step
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=args.warmup_steps * world, num_training_steps=total_steps * world, min_lr=final_lr
+    scheduler = warmup_cosine_schedule(
+        optimizer, warmup_steps=args.warmup_steps * world, total_steps=total_steps * world, min_lr_ratio=final_lr / peak_lr
     )
     scheduler = accelerator.prepare(scheduler)
     ema = _EMA(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None

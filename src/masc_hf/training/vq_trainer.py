@@ -1,40 +1,9 @@
 """Train a small VQ image tokenizer (a diffusers ``VQModel``) on small images: the quickstart's tokenizer.
 
-The result is the same class a converted LlamaGen tokenizer is (``masc_hf.tokenizers.convert_vq``), so
-``masc_hf.tokenizers.encode_images`` / ``decode_ids``, ``save_pretrained`` and ``MASCPipeline`` take it
-unchanged. The choices, once:
-
-* **Images.** Fashion-MNIST's 28x28 grayscale images are padded with background (black) to 32x32 and
-  replicated to 3 channels: padding keeps every pixel (a resize would blur), 32 = 4 x 8 gives an
-  8x8 grid of 64 tokens at downsample 4, and 3 channels in and out is what the pipeline's
-  postprocessing and the RGB data path expect. :func:`to_vq_input` does this; crop the 2-pixel border
-  off a decoded image to get the 28x28 image back.
-* **Architecture.** Three levels of diffusers' ``DownEncoderBlock2D`` / ``UpDecoderBlock2D``
-  (downsample 4), one resnet per encoder level (two per decoder level, as in LlamaGen), attention in
-  the 8x8 mid block, narrow channels (16, 32, 32) so that a few hundred steps fit in minutes on 2 CPU
-  cores; codebook of 256 vectors of dimension 8 (LlamaGen's code dimension).
-* **l2-normalised codes (LlamaGen's lookup).** LlamaGen normalises the codebook rows and each latent
-  before the nearest-neighbour search; diffusers' ``VectorQuantizer`` normalises neither. Here the
-  codebook rows are kept at unit length (projected back after every optimiser step, and seeded from
-  unit latents), and the training forward normalises the latents before ``quantize``. For unit rows
-  ``|z - e|^2 = |z|^2 + 1 - 2 z.e``, so ``argmin_e |z - e| = argmax_e z.e = argmin_e |z/|z| - e|`` for
-  any ``z != 0``: diffusers' plain ``VQModel.encode`` + ``quantize`` on the *raw* latent picks the same
-  index as training did, and the decoder receives the same unit row. (The raw latent itself is not the
-  quantizer's input value: only the index, and so the row, agrees; the commitment loss is computed on
-  the normalised latent, as in LlamaGen.) Unit rows are also what ``build-map`` clusters.
-* **Loss.** Mean squared reconstruction error plus diffusers' quantizer loss with LlamaGen's weights:
-  codebook term ``|sg(z) - e|^2`` weight 1, commitment term ``|z - sg(e)|^2`` weight 0.25
-  (``VectorQuantizer(legacy=False)``; diffusers' default ``legacy=True`` swaps the two weights). No
-  perceptual or adversarial loss: the images are tiny and the budget is minutes.
-* **Dead codes.** The codebook starts as LlamaGen's does (random rows, normalised: directions spread
-  over the sphere; seeding it from the first batch's latents instead was slower to learn, those
-  latents of an untrained encoder being nearly parallel). Every ``reseed_every`` steps (until
-  ``reseed_until`` of the run) each code that no latent chose since the last check is re-seeded with
-  a random unit latent of the current batch, so nearly every code is in use at the end
-  (``stats["codebook_usage"]``).
-
-Deterministic for a seed on CPU (same torch build and thread count); the caller's global RNG state is
-left as it was.
+The result is the same class a converted LlamaGen tokenizer is, so ``masc_hf.vq.encode_images`` /
+``decode_ids``, ``save_pretrained`` and ``MASCPipeline`` take it unchanged. Deterministic for a seed
+on CPU (same torch build and thread count); the caller's global RNG state is left as it was. The
+choices (padding, architecture, l2-normalised codes, loss, dead codes): docs/vq-trainer.md.
 """
 
 from __future__ import annotations
@@ -208,7 +177,7 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
     (same scale), ``codebook_usage`` (share of the codes chosen at least once), ``used_codes`` and
     ``perplexity`` (``exp`` of the entropy of the code frequencies; ``num_embeddings`` at best).
     """
-    from ..tokenizers.vq import decode_ids, encode_images
+    from ..vq.tokens import decode_ids, encode_images
 
     image_size = vqmodel.config.sample_size
     channels = vqmodel.config.in_channels
@@ -386,7 +355,7 @@ def _usage(counts: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def _training_usage(model: VQModel, source: _ImageSource, generator: torch.Generator, limit: int = 4096) -> dict[str, float]:
-    from ..tokenizers.vq import encode_images
+    from ..vq.tokens import encode_images
 
     indices = torch.randperm(len(source), generator=generator)[:limit]
     counts = torch.zeros(model.config.num_vq_embeddings, dtype=torch.long)
