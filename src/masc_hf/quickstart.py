@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ._io import atomic_path, write_text_atomic
+from ._io import atomic_path, staged_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ def prepare_tokenizer_and_codes(
         vqvae, vq_stats = train_vq_tokenizer(
             images, settings.vq_preset, num_embeddings=settings.num_embeddings, seed=settings.seed, progress=progress, **vq_overrides
         )
-        vqvae.save_pretrained(vq_dir)
+        with staged_dir(vq_dir) as staging:  # atomic: a killed run leaves no half-written tokenizer
+            vqvae.save_pretrained(staging)
     vq_stats.update(evaluate_vq_tokenizer(vqvae, test_set.images[:1000]))
     image_size = int(vq_stats["config"]["image_size"])
     pad = (image_size - images.shape[-1]) // 2  # the tokenizer sees 28x28 images padded (black) to 32x32

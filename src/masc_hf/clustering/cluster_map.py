@@ -424,7 +424,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             config = self.to_dict()
             config["tensors_sha256"] = _sha256_file(tmp / TENSORS_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            (tmp / CARD_NAME).write_text(self.model_card())
+            self.model_card().save(tmp / CARD_NAME)
         logger.info("saved %r to %s", self, target)
         if push_to_hub:
             self.push_to_hub(kwargs.get("repo_id", target.name), token=kwargs.get("token"), private=kwargs.get("private"))
@@ -552,15 +552,15 @@ class MASCClusterMap(FeatureExtractionMixin):
                 create_pr=create_pr,
             )
 
-    def model_card(self) -> str:
-        """The README.md written beside the map (template: ``masc_hf/model_cards/cluster_map.md``)."""
-        from ..model_cards import render_template
+    def model_card(self):
+        """The README.md written beside the map, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/cluster_map.md``)."""
+        from ..model_cards import render_card
 
         summary = self.summary()
         quality = self.quality or {}
         rows = "\n".join(f"| {key} | {_fmt(value)} |" for key, value in quality.items() if key not in summary)
         rows = rows or "| (not computed) | |"
-        return render_template(
+        return render_card(
             "cluster_map.md",
             method=self.method,
             method_description=CLUSTER_METHODS.get(self.method, self.method),

@@ -186,7 +186,7 @@ class MASCPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """diffusers' save (one folder per component + model_index.json) plus a model card."""
         super().save_pretrained(save_directory, **kwargs)
-        write_text_atomic(Path(save_directory) / "README.md", self.model_card())
+        write_text_atomic(Path(save_directory) / "README.md", str(self.model_card()))
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None, token=None, create_pr: bool = False, **kwargs):
         """Save the pipeline (with its card) and upload it to the Hub repo ``repo_id``."""
@@ -200,13 +200,14 @@ class MASCPipeline(DiffusionPipeline):
                 repo_id=repo_id, folder_path=tmp, commit_message=commit_message or "Upload MASCPipeline", create_pr=create_pr
             )
 
-    def model_card(self) -> str:
+    def model_card(self):
+        """The README.md written beside the pipeline, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/pipeline.md``)."""
         from .._version import __version__
-        from ..model_cards import render_template
+        from ..model_cards import render_card
 
         config = self.transformer.config
         cmap = self.cluster_map
-        return render_template(
+        return render_card(
             "pipeline.md",
             kind="MASC" if cmap is not None else "flat",
             num_classes=config.num_classes,
