@@ -50,7 +50,7 @@ class QuickstartSettings:
     seed: int = 0
 
 
-# Sized for a 2-core CPU: "default" measured at 11.1 min (69.2% class consistency; 14.2 min on a busy machine), "fast" about 10 min.
+# Sized for a 2-core CPU: "default" measured at 4.4 min on an idle machine (67.6% class consistency; 11-14 min on busier ones), "fast" less.
 QUICKSTART_PRESETS = {
     "default": QuickstartSettings(),
     "fast": QuickstartSettings(vq_preset="fast", train_examples=20000, steps=400, samples_per_class=30, classifier_epochs=0.5),
