@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import torch
 
+from masc_hf.cli import OneLineParser, check_output_directory, run_reporting_user_errors
 from masc_hf.data import extract_codes, load_vqmodel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="Hub dataset id, parquet directory/glob, or image folder")
     parser.add_argument("--vq", required=True, help="diffusers VQModel directory (or a pipeline directory with vqvae/)")
     parser.add_argument("--out", required=True, help="shard directory (rerun with the same arguments to resume)")
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     args = parse_args(argv)
+    check_output_directory(args.out)  # before the tokenizer loads
     state = PartialState(cpu=args.cpu)  # initialises torch.distributed under accelerate launch
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     vqmodel = load_vqmodel(args.vq, torch_dtype=DTYPES[args.dtype], device=state.device)
@@ -68,4 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_user_errors("extract_codes.py", main))

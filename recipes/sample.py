@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import sys
 
 import torch
 
-from masc_hf import MASCPipeline
+from masc_hf.cli import OneLineParser, check_output_directory, load_pipeline, run_reporting_user_errors
 from masc_hf.evaluation import pack_npz, sample_images
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,7 +42,7 @@ def parse_classes(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="MASCPipeline directory or Hub repo id")
     parser.add_argument("--out", required=True, help="sample folder (rerun with the same arguments to resume)")
     parser.add_argument("--npz", help="ADM .npz to write when sampling is done (default: OUT.npz)")
@@ -67,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     from accelerate import PartialState
 
     args = parse_args(argv)
+    check_output_directory(args.out)  # before the pipeline loads
     # a long barrier: a resumed run's processes may have unequal amounts left to draw
     state = PartialState(cpu=args.cpu, timeout=datetime.timedelta(hours=12))
     logging.basicConfig(level=logging.INFO if state.is_main_process else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    pipe = MASCPipeline.from_pretrained(args.pipeline).to(state.device)
+    pipe = load_pipeline(args.pipeline).to(state.device)
     pipe.transformer.to(DTYPES[args.dtype])
     pipe.set_progress_bar_config(disable=True)
     report = sample_images(
@@ -98,4 +100,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_user_errors("sample.py", main))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 # Each entry adds one subcommand to the parser: register(subparsers) -> None.
 # The function it sets with ``set_defaults(func=...)`` receives the parsed namespace.
@@ -15,6 +16,152 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def command(register: Callable[[argparse._SubParsersAction], None]):
     _COMMANDS.append(register)
     return register
+
+
+# ---------------------------------------------------------------------------- a user's mistakes
+class OneLineParser(argparse.ArgumentParser):
+    """argparse reporting a bad argument in one line (exit code 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed in [0, 2**32) (what numpy, scikit-learn and torch all accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer seed") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**32); pass a seed like 0 or 1234")
+    return value
+
+
+def _probe_directory(path: Path, what: str) -> None:
+    """Raise unless files can be created in ``path`` or, if it does not exist yet, in its nearest
+    existing ancestor (created then): known before any long work, as root too (a read-only file
+    system refuses even root)."""
+    import tempfile
+
+    from .errors import MASCError
+
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MASCError(f"{what} cannot be created: {str(ancestor)!r} is a file, not a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise MASCError(f"{what} cannot be written: nothing can be created in {str(ancestor)!r} ({err.strerror or err}); choose a writable location") from None
+
+
+def check_output_file(path: str, *, image: bool = False) -> None:
+    """A file the command will write: its directory writable, not an existing directory, and for
+    ``image`` an extension PIL can save."""
+    from pathlib import Path
+
+    from .errors import MASCError
+
+    target = Path(path)
+    if target.is_dir():
+        raise MASCError(f"--out {path!r} is a directory; pass a file name such as {str(target / 'out.png')!r}")
+    if image:
+        import PIL.Image
+
+        formats = PIL.Image.registered_extensions()
+        if formats.get(target.suffix.lower()) not in PIL.Image.SAVE:
+            raise MASCError(f"--out {path!r}: PIL cannot write {target.suffix or 'files without an extension'!r} images; use .png, .jpg or .webp")
+    _probe_directory(target.parent, f"--out {path!r}")
+
+
+def check_output_directory(path: str) -> None:
+    """A directory the command will write (replace): not an existing file, and its parent writable."""
+    from pathlib import Path
+
+    from .errors import MASCError
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise MASCError(f"--out {path!r} is a file; pass a directory path")
+    _probe_directory(target.parent if not target.exists() else target, f"--out {path!r}")
+
+
+def check_hub_repo_id(repo_id: str) -> None:
+    """A Hub repo id to push to: well formed, and the Hub reachable in principle (not offline mode)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from .errors import MASCError
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise MASCError(f"--push-to-hub {repo_id!r} is not a Hub repo id ({err}); use org/name") from None
+    if constants.HF_HUB_OFFLINE:
+        raise MASCError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or drop --push-to-hub")
+
+
+def load_pipeline(source: str):
+    """A ``MASCPipeline`` from a directory or Hub id, with a one-line error for a path that holds none."""
+    from .errors import MASCError
+    from .pipelines import MASCPipeline
+
+    path = Path(source)
+    if not path.is_dir() and (path.exists() or path.is_absolute() or source.startswith(".") or len(path.parts) != 2):
+        raise MASCError(f"--pipeline {source!r} is not a pipeline directory; pass a MASCPipeline folder (save_pretrained) or a Hub id org/name")
+    try:
+        return MASCPipeline.from_pretrained(source)
+    except (OSError, ValueError) as err:  # diffusers' and huggingface_hub's loading errors
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MASCError(f"cannot load the pipeline {source!r}: {first}") from None
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message for a user's mistake (bad input, a file or Hub problem), or ``None`` for
+    anything else (a bug, which keeps its traceback)."""
+    from .errors import MASCError
+
+    if isinstance(err, MASCError):
+        return str(err)
+    try:
+        from huggingface_hub import errors as hub
+    except ImportError:  # pragma: no cover
+        hub = None
+    if hub is not None and isinstance(err, hub.HFValidationError):
+        return f"{err}; pass a local directory or a Hub id like org/name"
+    if hub is not None and isinstance(err, (hub.OfflineModeIsEnabled, hub.LocalEntryNotFoundError)):
+        return f"{str(err).splitlines()[0]} (offline, or not in the Hub cache: check the path, or download it with network access)"
+    if isinstance(err, OSError):  # a path, a permission, a disk, the network: the user's environment
+        detail = f"{err.strerror}: {err.filename!r}" if err.strerror and err.filename else str(err).splitlines()[0] if str(err) else type(err).__name__
+        return detail
+    return None
+
+
+def run_reporting_user_errors(prog: str, fn: Callable, *args) -> int:
+    """Run ``fn(*args)``; a user's mistake becomes one line on stderr and exit code 2 (no traceback).
+    The recipes use this too."""
+    try:
+        return int(fn(*args) or 0)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------------------- cluster maps
@@ -47,7 +194,7 @@ def _register_build_map(subparsers) -> None:
     _add_codebook_args(p)
     p.add_argument("--k", type=int, required=True, help="number of clusters (the AR model's vocabulary)")
     p.add_argument("--method", default="masc", choices=list(CLUSTER_METHODS), help="clustering method (default: masc)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomised methods")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the randomised methods")
     p.add_argument("--out", required=True, help="output directory (save_pretrained)")
     p.add_argument("--source-tokenizer", help="recorded in the map's config and card (e.g. a Hub id)")
     p.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the map to this Hub repo")
@@ -58,8 +205,11 @@ def _run_build_map(args) -> int:
     from .clustering import build_cluster_map
     from .vq.codebook import load_codebook
 
+    check_output_directory(args.out)  # before any long work
+    if args.push_to_hub:
+        check_hub_repo_id(args.push_to_hub)
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
-    print(f"codebook: {description}: N={codebook.shape[0]}, d={codebook.shape[1]}")
+    print(f"codebook: {description}")  # its shape is checked (once) by build_cluster_map
     cluster_map = build_cluster_map(
         codebook, args.k, method=args.method, seed=args.seed, source_tokenizer=args.source_tokenizer or description, progress=True
     )
@@ -110,7 +260,7 @@ def _register_compare(subparsers) -> None:
     _add_codebook_args(p)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--methods", default="masc,kmeans,kmeans++,centroid", help="comma-separated methods")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_run_compare)
 
 
@@ -119,7 +269,7 @@ def _run_compare(args) -> int:
     from .vq.codebook import load_codebook
 
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
-    print(f"codebook: {description}: N={codebook.shape[0]}, d={codebook.shape[1]}, k={args.k}")
+    print(f"codebook: {description}, k={args.k}")
     rows = compare_methods(codebook, args.k, [m.strip() for m in args.methods.split(",") if m.strip()], seed=args.seed)
     columns = ["method", "size_min", "size_median", "size_max", "singletons", "mean_intra_cluster_distance",
                "expected_replacement_distance", "silhouette", "seconds"]
@@ -148,9 +298,10 @@ def _register_convert_llamagen(subparsers) -> None:
 def _run_convert_llamagen(args) -> int:
     import torch
 
-    from .models.configuration_llamagen import LlamaGenConfig
-    from .models.convert_llamagen import convert_llamagen_checkpoint, load_config_file
+    from .models.llamagen.configuration_llamagen import LlamaGenConfig
+    from .models.llamagen.convert_llamagen import convert_llamagen_checkpoint, load_config_file
 
+    check_output_directory(args.out)
     config = LlamaGenConfig.from_preset(args.preset) if args.preset else load_config_file(args.config)
     cluster_map = None
     if args.cluster_map:
@@ -183,6 +334,7 @@ def _register_convert_vq(subparsers) -> None:
     def run(args) -> int:
         from .vq.convert_llamagen import convert_llamagen_vq
 
+        check_output_directory(args.out)
         out = convert_llamagen_vq(args.checkpoint, args.out, config=args.config, overwrite=args.overwrite)
         print(f"saved diffusers VQModel to {out}")
         return 0
@@ -196,35 +348,48 @@ def _register_sample(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample an image grid from a MASCPipeline (one row per label)")
     p.add_argument("--pipeline", required=True, help="MASCPipeline directory or Hub repo id")
     p.add_argument("--labels", required=True, help='comma-separated class ids or names, e.g. "golden retriever,7"')
-    p.add_argument("--n", type=int, default=4, help="images per label (grid columns)")
+    p.add_argument("--n", type=_count, default=4, help="images per label (grid columns)")
     p.add_argument("--out", required=True, help="output image file (.png)")
     p.add_argument("--guidance-scale", type=float, help="default: the model's")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     p.set_defaults(func=_run_sample)
 
 
 def _resolve_device(device: str | None) -> str:
-    """``device``, or cuda when available else cpu; resolved when a command runs, so that
-    ``--help`` and the cluster-map commands import no torch."""
-    if device is not None:
-        return device
+    """``device``, or cuda when available else cpu; resolved (and checked) when a command runs, so
+    that ``--help`` and the cluster-map commands import no torch."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from .errors import MASCError
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MASCError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MASCError(f"--device {device}: torch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise MASCError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0..")
+    elif parsed.type != "cpu":
+        raise MASCError(f"--device {device!r}: masc-hf runs on cpu or cuda; use one of them")
+    return device
 
 
 def _run_sample(args) -> int:
     import torch
 
-    from .pipelines import MASCPipeline
     from .pipelines.grid import save_image_grid
 
+    check_output_file(args.out, image=True)
     device = _resolve_device(args.device)
-    pipe = MASCPipeline.from_pretrained(args.pipeline).to(device)
+    pipe = load_pipeline(args.pipeline).to(device)
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     ids = pipe.get_label_ids(labels)
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -258,8 +423,8 @@ def _register_replacement_test(subparsers) -> None:
     )
     p.add_argument("--split", default="test", help="split of a dataset source (default: test)")
     p.add_argument("--num-images", type=int, default=1000, help="the first N images (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the replacement draws")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the replacement draws")
+    p.add_argument("--batch-size", type=_count, default=256)
     p.add_argument("--inception-weights", metavar="PATH", help="Inception weights: also report rFID")
     p.add_argument("--out", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
@@ -292,6 +457,8 @@ def _run_replacement_test(args) -> int:
         raise DataError("--maps names no cluster map; pass comma-separated map directories")
     if args.num_images < 1:
         raise DataError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.out:
+        check_output_file(args.out)
     vqvae = load_vqmodel(args.vq, device=_resolve_device(args.device))
     maps = {name: MASCClusterMap.from_pretrained(path) for name, path in zip(_map_names(paths), paths)}
     check_maps_against_tokenizer(vqvae, maps)  # before reading any image
@@ -334,7 +501,7 @@ def _register_gallery(subparsers) -> None:
     p.add_argument("--clusters", type=int, default=16, help="rows: clusters drawn at random (default: 16)")
     p.add_argument("--members", type=int, default=8, help="tiles per row (default: 8)")
     p.add_argument("--tile-size", type=int, default=64, help="tile side in pixels (default: 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
 
     def run(args) -> int:
@@ -343,8 +510,10 @@ def _register_gallery(subparsers) -> None:
         from .evaluation.gallery import cluster_gallery
         from .evaluation.replacement import check_maps_against_tokenizer
 
+        check_output_file(args.out, image=True)
+        device = _resolve_device(args.device)
         cluster_map = MASCClusterMap.from_pretrained(args.map)
-        vqvae = load_vqmodel(args.vq, device=_resolve_device(args.device))
+        vqvae = load_vqmodel(args.vq, device=device)
         check_maps_against_tokenizer(vqvae, {_map_names([args.map])[0]: cluster_map})  # the error names the directory
         image = cluster_gallery(
             vqvae, cluster_map, num_clusters=args.clusters, members_per_cluster=args.members, seed=args.seed,
@@ -378,7 +547,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--out", metavar="FILE", help="also write the metrics and settings as JSON")
     p.add_argument("--expected-count", type=int, metavar="N", help="refuse samples of another count (the paper: 50000)")
     p.add_argument("--expected-size", type=int, metavar="PX", help="the samples' side (default: that of the reference images)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per Inception pass (default: 64)")
+    p.add_argument("--batch-size", type=_count, default=64, help="images per Inception pass (default: 64)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--cache-dir", metavar="DIR", help="keep the Inception features of file inputs here, for the next run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -396,6 +565,8 @@ def _run_evaluate(args) -> int:
     if unknown or not names:
         raise FidelityError(f"--metrics {args.metrics!r}: use a comma-separated subset of {', '.join(_EVAL_METRICS)}")
     flags = {flag: name in names for name, flag in _EVAL_METRICS.items()}
+    if args.out:
+        check_output_file(args.out)
     weights = resolve_inception_weights(args.inception_weights)
     started = time.perf_counter()
     metrics = calculate_metrics(
@@ -445,6 +616,7 @@ def _register_quickstart(subparsers) -> None:
 def _run_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
+    check_output_directory(args.out)
     report = run_quickstart(args.out, preset="fast" if args.fast else "default")
     seconds = sum(report["seconds"].values())
     print(f"samples:                  {report['samples']}")
@@ -458,7 +630,7 @@ def _run_quickstart(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog="masc-hf", description=__doc__)
+    parser = OneLineParser(prog="masc-hf", description=__doc__)
     parser.add_argument("--version", action="version", version=f"masc-hf {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -471,13 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .errors import MASCError
-
-    try:
-        return int(args.func(args) or 0)
-    except MASCError as err:  # bad input: one clear line, no traceback
-        print(f"masc-hf {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    # a user's mistake: one clear line and exit code 2, no traceback
+    return run_reporting_user_errors(f"masc-hf {args.command}", args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -176,6 +176,8 @@ def run_method(codebook: np.ndarray, k: int, method: str, seed: int = 0, progres
     """Cluster a validated float64 codebook ``[N, d]`` into ``k`` clusters with ``method``."""
     if method not in CLUSTER_METHODS:
         raise MASCError(f"unknown clustering method {method!r}; choose one of: {', '.join(CLUSTER_METHODS)}")
+    if method not in HIERARCHICAL_METHODS and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32):
+        raise MASCError(f"seed={seed!r} must be an integer in [0, 2**32) for method {method!r}; pass e.g. seed=0")
     n = codebook.shape[0]
     k = check_num_clusters(k, n)
     logger.info("clustering N=%d d=%d into k=%d with %s", n, codebook.shape[1], k, method)

@@ -224,6 +224,11 @@ def load_config_file(path: str | os.PathLike) -> LlamaGenConfig:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read config {str(path)!r} as JSON ({err}); pass a LlamaGen ModelArgs JSON") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"config {str(path)!r} holds a JSON {type(data).__name__}, not an object; pass a LlamaGen ModelArgs JSON "
+            'like {"dim": 768, "n_layer": 12, ...}'
+        )
     if data.get("model_type") == LlamaGenConfig.model_type:
         return LlamaGenConfig(**{key: value for key, value in data.items() if key != "model_type"})
     return LlamaGenConfig.from_model_args(data)
