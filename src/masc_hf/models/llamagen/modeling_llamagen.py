@@ -345,6 +345,20 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             self._compiled_decode_step = torch.compile(self._decode_step, fullgraph=True, dynamic=False, mode=mode)
         return self._compiled_decode_step
 
+    def _generation_cache(self, rows: int, device: torch.device, keep: bool) -> StaticKVCache:
+        """A cache for ``rows`` sequences. With ``keep`` (the compiled path) the same buffers serve every
+        call of that shape, as gpt-fast's ``setup_caches``: a compiled step (and its CUDA graphs) sees the
+        same static addresses each time; stale entries are never read (the mask stops at the position)."""
+        config = self.config
+        shape = (config.num_hidden_layers, rows, config.num_key_value_heads, config.cls_token_num + config.block_size - 1, config.head_dim)
+        cached = self.__dict__.get("_kept_cache")
+        if keep and cached is not None and cached.shape == shape and cached.keys[0].dtype == self.dtype and cached.keys[0].device == torch.device(device):
+            return cached
+        cache = StaticKVCache(*shape[:3], shape[3], shape[4], self.dtype, device)
+        if keep:
+            self.__dict__["_kept_cache"] = cache  # a plain attribute: not a buffer, never saved or moved with the model
+        return cache
+
     def _sampling_settings(self, generation_config: GenerationConfig | None, **given) -> dict:
         defaults = generation_config or self.generation_config
         settings = {name: given[name] if given[name] is not None else getattr(defaults, name, None) for name in SAMPLING_OPTIONS}
@@ -441,10 +455,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         was_training = self.training
         self.eval()
         try:
-            cache = StaticKVCache(
-                config.num_hidden_layers, rows.shape[0], config.num_key_value_heads,
-                config.cls_token_num + length - 1, config.head_dim, self.dtype, device,
-            )
+            cache = self._generation_cache(rows.shape[0], device, keep=compile)
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
             prefill_positions = torch.arange(config.cls_token_num, device=device)
             logits = self(class_labels=rows, force_drop_ids=drop, past_key_values=cache, cache_position=prefill_positions, return_dict=False)[0][:, -1]
