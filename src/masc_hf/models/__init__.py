@@ -9,6 +9,7 @@ Importing this package registers ``LlamaGenConfig`` (model_type ``"masc_llamagen
 from transformers import AutoConfig, AutoModel
 
 from .llamagen import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration, LlamaGenOutput, LlamaGenPreTrainedModel
+from . import refiner  # noqa: F401  (registers MASCRefinerConfig / MASCRefiner with the Auto classes)
 
 AutoConfig.register(LlamaGenConfig.model_type, LlamaGenConfig, exist_ok=True)
 AutoModel.register(LlamaGenConfig, LlamaGenForImageGeneration, exist_ok=True)
