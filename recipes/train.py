@@ -6,7 +6,9 @@
 This script turns paths and flags into objects (the code shards, the map, a model that fits them, the
 VQ tokenizer) and hands them to ``masc_hf.training.train``. ``--help`` lists every option: the fields
 of ``RecipeArguments`` below and of ``masc_hf.training.ARTrainingArguments`` (with the paper's
-defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir.
+defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir, with the
+settings it was started with (``--allow_changed_settings learning_rate,...`` for the ones that may
+change; see ``ARTrainingArguments``).
 """
 
 import logging
@@ -56,8 +58,8 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe, args = HfArgumentParser((RecipeArguments, ARTrainingArguments)).parse_args_into_dataclasses(argv)
-    try:
+    try:  # ARTrainingArguments checks its values when parsed
+        recipe, args = HfArgumentParser((RecipeArguments, ARTrainingArguments)).parse_args_into_dataclasses(argv)
         output = train(args=args, **load_objects(recipe, args))
     except MASCError as err:  # bad input: one clear line, no traceback
         print(f"train.py: error: {err}", file=sys.stderr)
