@@ -44,15 +44,15 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
     paths = {name: (value if value not in none else None) for name, value in vars(recipe).items()}
     cluster_map = MASCClusterMap.from_pretrained(paths["cluster_map"]) if paths["cluster_map"] else None
     dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed)
+    vqvae = None
+    if paths["vq"]:  # read before the model is built, so that a wrong path fails fast
+        from masc_hf.data.extract import load_vqmodel
+
+        vqvae = load_vqmodel(paths["vq"])
     model = model_for_codes(
         dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
         cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
     )
-    vqvae = None
-    if paths["vq"]:
-        from masc_hf.data.extract import load_vqmodel
-
-        vqvae = load_vqmodel(paths["vq"])
     return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae}
 
 

@@ -85,6 +85,12 @@ def test_bad_arguments_are_refused_when_built(tmp_path, kw, name):
         ARTrainingArguments(output_dir=str(tmp_path / "run"), **kw)
 
 
+def test_minimum_learning_rate_above_the_papers_peak_is_refused_before_training(tiny_run, tmp_path):
+    with pytest.raises(TrainingError, match="min_learning_rate=0.001 is above the peak learning rate 0.0001"):
+        train(**tiny_run(tmp_path / "run", learning_rate=None, min_learning_rate=1e-3))
+    assert not (tmp_path / "run").exists()
+
+
 def test_recipe_reports_bad_input_in_one_line(codes_dir, model_config_file, tmp_path, capsys):
     common = ["--codes_dir", codes_dir, "--output_dir", tmp_path / "run", "--preset", "", "--max_steps", "2", "--global_batch_size", "16",
               "--mixed_precision", "no", "--no_progress", "--log_with", ""]

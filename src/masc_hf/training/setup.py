@@ -60,7 +60,9 @@ def model_for_codes(
             model.config.tokenizer_fingerprint = manifest.tokenizer_fingerprint
     else:
         data_fields: dict[str, Any] = {
-            "block_size": manifest.seq_len, "class_dropout_prob": class_dropout_prob, "tokenizer_fingerprint": manifest.tokenizer_fingerprint
+            "block_size": manifest.seq_len,
+            "class_dropout_prob": class_dropout_prob,
+            "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
         }
         if class_names:
             data_fields["num_classes"] = len(class_names)
@@ -75,14 +77,17 @@ def model_for_codes(
             if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
                 raise TrainingError(
                     f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
-                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value you want"
+                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value "
+                    "you want"
                 )
             try:
                 config = LlamaGenConfig(**{**base, **data_fields})
             except ModelConfigError:
                 raise
             except (TypeError, ValueError) as err:
-                raise TrainingError(f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers, e.g. {{\"hidden_size\": 768}}") from None
+                raise TrainingError(
+                    f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers, e.g. {{\"hidden_size\": 768}}"
+                ) from None
         elif preset:
             config = LlamaGenConfig.from_preset(preset, **data_fields)
         else:
@@ -115,10 +120,13 @@ def read_model_config(model_config: dict[str, Any] | str | os.PathLike) -> dict[
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise TrainingError(f"{where} is not valid JSON ({err}); write a JSON object of LlamaGenConfig fields") from None
     if not isinstance(base, dict):
-        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}.get(type(base), type(base).__name__)
+        kinds = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+        kind = kinds.get(type(base), type(base).__name__)
         raise TrainingError(f"{where} must be a JSON object of LlamaGenConfig fields (e.g. {{\"hidden_size\": 768}}), not a {kind}")
     if base.get("model_type", LlamaGenConfig.model_type) != LlamaGenConfig.model_type:
-        raise TrainingError(f"{where} is a {base['model_type']!r} config, not LlamaGen's ({LlamaGenConfig.model_type!r}); pass LlamaGenConfig fields")
+        raise TrainingError(
+            f"{where} is a {base['model_type']!r} config, not LlamaGen's ({LlamaGenConfig.model_type!r}); pass LlamaGenConfig fields"
+        )
     fields = sorted(set(inspect.signature(LlamaGenConfig.__init__).parameters) - {"self", "kwargs"})
     aliases = sorted(LlamaGenConfig.attribute_map)  # the reference's ModelArgs names (dim, n_layer, ...)
     saved = set(LlamaGenConfig().to_dict()) | {"torch_dtype"}  # what save_pretrained writes besides the fields
@@ -126,7 +134,7 @@ def read_model_config(model_config: dict[str, Any] | str | os.PathLike) -> dict[
     if unknown:
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(str(key), fields, n=1) or difflib.get_close_matches(str(key), aliases, n=1)
+            close = difflib.get_close_matches(str(key), fields + aliases, n=1)
             hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         raise TrainingError(f"{where} has unknown key(s) {', '.join(hints)}; LlamaGenConfig's fields are {', '.join(fields)}")
     return {key: value for key, value in base.items() if key not in _SAVED_ONLY_KEYS}

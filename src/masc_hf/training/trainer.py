@@ -451,6 +451,9 @@ def train(
     check_model_fits_data(model, train_dataset, cluster_map)
     if vqvae is not None:
         check_vq_fits_run(model, train_dataset, vqvae, cluster_map)
+    peak_lr, final_lr = paper_learning_rates(model.config, args)
+    if final_lr > peak_lr:
+        raise TrainingError(f"min_learning_rate={final_lr!r} is above the peak learning rate {peak_lr!r}; pass a smaller one (or none)")
     resume_dir, saved = _find_checkpoint(args)
     record = _run_record(args, model, train_dataset, PartialState().num_processes)
     changed = _check_resume(resume_dir, saved, record, args) if saved is not None else {}
@@ -643,8 +646,8 @@ def _check_resume(resume_dir: Path, saved: dict, record: dict[str, Any], args: A
 
     if fixed:
         raise TrainingError(
-            f"cannot resume {resume_dir}: {describe(fixed)} differ from the run that wrote it, and its weights, optimiser state "
-            "and data position only fit that run; resume with the checkpoint's settings, or start a new --output_dir"
+            f"cannot resume {resume_dir}: the run that wrote it had other settings ({describe(fixed)}), and its weights, "
+            "optimiser state and data position only fit that run; resume with the checkpoint's settings, or start a new --output_dir"
         )
     refused = [name for name in changed if name not in args.allowed_changes]
     if refused:
@@ -730,7 +733,10 @@ def _resume(
     _apply_changes(accelerator, args, optimizer, scheduler, state, changed, saved.get("total_steps"), total_steps, config)
     history_path = resume_dir / HISTORY_NAME
     if history_path.is_file():  # records past the checkpoint belong to the lost part of the run
-        state.history = [r for r in json.loads(history_path.read_text()) if r["step"] <= step]
+        try:
+            state.history = [r for r in json.loads(history_path.read_text()) if r["step"] <= step]
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise TrainingError(f"{history_path} is not a training history ({err}); {_way_out(resume_dir)}") from None
     else:
         logger.warning("%s holds no %s (written by an older masc-hf): the history starts at step %d", resume_dir, HISTORY_NAME, step)
     eval_path = Path(args.output_dir) / EVAL_HISTORY_NAME
