@@ -91,6 +91,13 @@ def test_minimum_learning_rate_above_the_papers_peak_is_refused_before_training(
     assert not (tmp_path / "run").exists()
 
 
+def test_output_dir_that_is_a_file_is_refused_before_training(tiny_run, tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(TrainingError, match="is a file; pass a directory path"):
+            train(**tiny_run(out))
+
+
 def test_recipe_reports_bad_input_in_one_line(codes_dir, model_config_file, tmp_path, capsys):
     common = ["--codes_dir", codes_dir, "--output_dir", tmp_path / "run", "--preset", "", "--max_steps", "2", "--global_batch_size", "16",
               "--mixed_precision", "no", "--no_progress", "--log_with", ""]

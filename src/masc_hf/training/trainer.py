@@ -454,6 +454,7 @@ def train(
     peak_lr, final_lr = paper_learning_rates(model.config, args)
     if final_lr > peak_lr:
         raise TrainingError(f"min_learning_rate={final_lr!r} is above the peak learning rate {peak_lr!r}; pass a smaller one (or none)")
+    _check_output_dir(Path(args.output_dir))
     resume_dir, saved = _find_checkpoint(args)
     record = _run_record(args, model, train_dataset, PartialState().num_processes)
     changed = _check_resume(resume_dir, saved, record, args) if saved is not None else {}
@@ -575,6 +576,17 @@ def _prepare(accelerator, model, dataloader, args: ARTrainingArguments):
     scheduler = accelerator.prepare(scheduler)
     ema = _EMA(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
     return model, optimizer, scheduler, dataloader, ema, total_steps
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """A directory training can write to: known before any step, not at the first checkpoint."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainingError(f"output_dir={str(output_dir)!r} cannot be created: {existing} is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({existing} is read-only); pass a directory you can write to")
 
 
 def _find_checkpoint(args: ARTrainingArguments) -> tuple[Path | None, dict | None]:
