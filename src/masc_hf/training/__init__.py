@@ -12,7 +12,6 @@ _LAZY = {
     "TrainingError": ".trainer",
     "train": ".trainer",
     "latest_checkpoint": ".trainer",
-    "checkpoint_problem": ".trainer",
     "prediction_entropy": ".trainer",
     "write_pipeline": ".trainer",
     "model_for_codes": ".setup",
