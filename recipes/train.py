@@ -6,7 +6,9 @@
 This script turns paths and flags into objects (the code shards, the map, a model that fits them, the
 VQ tokenizer) and hands them to ``masc_hf.training.train``. ``--help`` lists every option: the fields
 of ``RecipeArguments`` below and of ``masc_hf.training.ARTrainingArguments`` (with the paper's
-defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir.
+defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir, with the
+settings it was started with (``--allow_changed_settings learning_rate,...`` for the ones that may
+change; see ``ARTrainingArguments``).
 """
 
 import logging
@@ -42,22 +44,22 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
     paths = {name: (value if value not in none else None) for name, value in vars(recipe).items()}
     cluster_map = MASCClusterMap.from_pretrained(paths["cluster_map"]) if paths["cluster_map"] else None
     dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed)
+    vqvae = None
+    if paths["vq"]:  # read before the model is built, so that a wrong path fails fast
+        from masc_hf.data.extract import load_vqmodel
+
+        vqvae = load_vqmodel(paths["vq"])
     model = model_for_codes(
         dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
         cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
     )
-    vqvae = None
-    if paths["vq"]:
-        from masc_hf.data.extract import load_vqmodel
-
-        vqvae = load_vqmodel(paths["vq"])
     return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe, args = HfArgumentParser((RecipeArguments, ARTrainingArguments)).parse_args_into_dataclasses(argv)
-    try:
+    try:  # ARTrainingArguments checks its values when parsed
+        recipe, args = HfArgumentParser((RecipeArguments, ARTrainingArguments)).parse_args_into_dataclasses(argv)
         output = train(args=args, **load_objects(recipe, args))
     except MASCError as err:  # bad input: one clear line, no traceback
         print(f"train.py: error: {err}", file=sys.stderr)

@@ -48,3 +48,26 @@ def model_config_file(tmp_path):
     path = tmp_path / "model.json"
     path.write_text(json.dumps(TINY_MODEL))
     return path
+
+
+@pytest.fixture
+def tiny_run(codes_dir, model_config_file):
+    """``tiny_run(out, cluster_map=None, model_config=..., class_dropout_prob=0.1, **args)``: the keyword
+    arguments of ``train`` for a few steps of the tiny model on ``codes_dir``, built as recipes/train.py
+    builds them (paths -> objects)."""
+    from masc_hf.data import CodeShardDataset
+    from masc_hf.training import ARTrainingArguments, model_for_codes
+
+    def make(out, cluster_map=None, model_config=model_config_file, class_dropout_prob=0.1, codes=codes_dir, **kw):
+        base = dict(
+            output_dir=str(out), global_batch_size=16, max_steps=4, learning_rate=3e-3, mixed_precision="no",
+            checkpoint_every=2, log_every=1, progress=False, log_with=None, seed=0,
+        )
+        args = ARTrainingArguments(**{**base, **kw})
+        dataset = CodeShardDataset(codes, cluster_map=cluster_map, seed=args.seed)
+        model = model_for_codes(
+            dataset, model_config=model_config, cluster_map=cluster_map, class_dropout_prob=class_dropout_prob, seed=args.seed
+        )
+        return dict(model=model, train_dataset=dataset, args=args, cluster_map=cluster_map)
+
+    return make

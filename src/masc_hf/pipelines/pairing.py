@@ -95,9 +95,10 @@ def check_maps_fit_tokenizer(vqvae: VQModel, cluster_maps: Mapping[str, MASCClus
             raise ClusterMapMismatchError(f"cluster map {name!r}: {err}") from None
 
 
-def check_model_fits_vq(model: Any, vqvae: VQModel) -> None:
-    """The model's codebook ids are the VQ's (its fine vocabulary is the codebook size) and its tokens
-    form the square grid the VQ decodes."""
+def check_model_fits_vq(model: Any, vqvae: VQModel, fingerprint: str | None = None) -> None:
+    """The model's codebook ids are the VQ's (its fine vocabulary is the codebook size, and the
+    codebook fingerprint it records, if any, is the VQ's) and its tokens form the square grid the VQ
+    decodes. ``fingerprint``: the VQ's codebook fingerprint, when already computed."""
     config = _config(model)
     codebook_size = vqvae.config.num_vq_embeddings
     fine = config.fine_vocab_size if config.is_masc else config.vocab_size
@@ -106,6 +107,14 @@ def check_model_fits_vq(model: Any, vqvae: VQModel) -> None:
             f"the vqvae's codebook has {codebook_size} entries but the transformer's fine vocabulary is {fine}; "
             "use the VQ tokenizer the transformer was trained with"
         )
+    recorded = getattr(config, "tokenizer_fingerprint", None)
+    if recorded is not None:
+        actual = fingerprint or tokenizer_fingerprint(vqvae)
+        if actual != recorded:
+            raise MASCError(
+                f"the transformer was trained on the ids of VQ tokenizer {recorded[:12]}... but this vqvae's codebook is "
+                f"{actual[:12]}... (codebook fingerprints differ); use the VQ tokenizer the transformer was trained with"
+            )
     grid = math.isqrt(config.block_size)
     if grid * grid != config.block_size:
         raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")

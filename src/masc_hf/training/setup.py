@@ -3,14 +3,20 @@ fits a code-shard dataset (its vocabulary, sequence length and classes) and, for
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelConfigError
 from .trainer import TrainingError
 
 __all__ = ["model_for_codes"]
+
+# Keys of a saved config.json that are not LlamaGenConfig fields: accepted, and these four dropped.
+_SAVED_ONLY_KEYS = ("_name_or_path", "architectures", "transformers_version", "model_type")
 
 
 def model_for_codes(
@@ -29,8 +35,11 @@ def model_for_codes(
     of ``masc-hf convert-llamagen --cluster-map``), ``model_config`` (a dict or JSON file of
     ``LlamaGenConfig`` fields), or ``preset`` (``"GPT-B-256"``, ...). A new model's vocabulary,
     sequence length and classes follow the data (and ``cluster_map``: k cluster ids over N tokens).
-    The data's class names become the config's ``id2label``. A new model's initial weights come from
-    ``seed`` (the global RNG is left as it was).
+    The data's class names become the config's ``id2label``, and the code shards' tokenizer
+    fingerprint its ``tokenizer_fingerprint``. A new model's initial weights come from ``seed`` (the
+    global RNG is left as it was). A ``model_config`` key that is not a ``LlamaGenConfig`` field is
+    refused with the closest field name, and so is a ``class_dropout_prob`` in it that differs from
+    the argument (one setting, one place).
     """
     import torch
 
@@ -39,9 +48,22 @@ def model_for_codes(
     manifest = train_dataset.manifest
     class_names = train_dataset.class_names
     if init_from:
-        model = LlamaGenForImageGeneration.from_pretrained(init_from)
+        try:
+            model = LlamaGenForImageGeneration.from_pretrained(init_from)
+        except OSError as err:
+            first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise TrainingError(
+                f"init_from={str(init_from)!r} is not a loadable model ({first_line}); pass a save_pretrained directory "
+                "(e.g. a run's output_dir/model or masc-hf convert-llamagen output)"
+            ) from None
+        if model.config.tokenizer_fingerprint is None:  # trained on these codes from now on
+            model.config.tokenizer_fingerprint = manifest.tokenizer_fingerprint
     else:
-        data_fields: dict[str, Any] = {"block_size": manifest.seq_len, "class_dropout_prob": class_dropout_prob}
+        data_fields: dict[str, Any] = {
+            "block_size": manifest.seq_len,
+            "class_dropout_prob": class_dropout_prob,
+            "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
+        }
         if class_names:
             data_fields["num_classes"] = len(class_names)
         if cluster_map is not None:
@@ -49,10 +71,23 @@ def model_for_codes(
                 vocab_size=cluster_map.num_clusters, fine_vocab_size=manifest.num_tokens, cluster_map_fingerprint=cluster_map.fingerprint
             )
         else:
-            data_fields["vocab_size"] = manifest.num_tokens
+            data_fields.update(vocab_size=manifest.num_tokens, fine_vocab_size=None, cluster_map_fingerprint=None)
         if model_config is not None:
-            base = model_config if isinstance(model_config, dict) else json.loads(Path(model_config).read_text())
-            config = LlamaGenConfig(**{**base, **data_fields})
+            base = read_model_config(model_config)
+            if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
+                raise TrainingError(
+                    f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
+                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value "
+                    "you want"
+                )
+            try:
+                config = LlamaGenConfig(**{**base, **data_fields})
+            except ModelConfigError:
+                raise
+            except (TypeError, ValueError) as err:
+                raise TrainingError(
+                    f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers, e.g. {{\"hidden_size\": 768}}"
+                ) from None
         elif preset:
             config = LlamaGenConfig.from_preset(preset, **data_fields)
         else:
@@ -64,3 +99,42 @@ def model_for_codes(
         model.config.id2label = dict(enumerate(class_names))
         model.config.label2id = {name: i for i, name in enumerate(class_names)}
     return model
+
+
+def read_model_config(model_config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """The ``LlamaGenConfig`` fields of a dict or JSON file (a saved ``config.json`` works too); an
+    unreadable file, a JSON value that is not an object, or an unknown key is a :class:`TrainingError`."""
+    from ..models import LlamaGenConfig
+
+    if not isinstance(model_config, (str, os.PathLike)):
+        base, where = model_config, "the model config"
+    else:
+        path = Path(model_config)
+        where = f"model config {str(path)!r}"
+        if path.is_dir():
+            raise TrainingError(f"{where} is a directory; pass its config.json, or pass a saved model directory as init_from")
+        if not path.is_file():
+            raise TrainingError(f"{where} does not exist; pass a JSON file of LlamaGenConfig fields, e.g. {{\"hidden_size\": 768}}")
+        try:
+            base = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TrainingError(f"{where} is not valid JSON ({err}); write a JSON object of LlamaGenConfig fields") from None
+    if not isinstance(base, dict):
+        kinds = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+        kind = kinds.get(type(base), type(base).__name__)
+        raise TrainingError(f"{where} must be a JSON object of LlamaGenConfig fields (e.g. {{\"hidden_size\": 768}}), not a {kind}")
+    if base.get("model_type", LlamaGenConfig.model_type) != LlamaGenConfig.model_type:
+        raise TrainingError(
+            f"{where} is a {base['model_type']!r} config, not LlamaGen's ({LlamaGenConfig.model_type!r}); pass LlamaGenConfig fields"
+        )
+    fields = sorted(set(inspect.signature(LlamaGenConfig.__init__).parameters) - {"self", "kwargs"})
+    aliases = sorted(LlamaGenConfig.attribute_map)  # the reference's ModelArgs names (dim, n_layer, ...)
+    saved = set(LlamaGenConfig().to_dict()) | {"torch_dtype"}  # what save_pretrained writes besides the fields
+    unknown = [key for key in base if key not in fields and key not in aliases and key not in saved]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), fields + aliases, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise TrainingError(f"{where} has unknown key(s) {', '.join(hints)}; LlamaGenConfig's fields are {', '.join(fields)}")
+    return {key: value for key, value in base.items() if key not in _SAVED_ONLY_KEYS}

@@ -9,12 +9,15 @@ atomic checkpoints with exact resume, an optional EMA copy, and the final model 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,12 +29,29 @@ from ..models.ar import prediction_entropy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ARTrainingArguments", "TrainOutput", "TrainingError", "latest_checkpoint", "prediction_entropy", "train"]
+__all__ = [
+    "ARTrainingArguments", "TrainOutput", "TrainingError", "checkpoint_problem", "latest_checkpoint", "prediction_entropy", "train",
+]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "trainer_state.json"
 EMA_NAME = "ema.safetensors"
+HISTORY_NAME = "history.json"  # the logged steps: in output_dir at the end, and in every checkpoint
 EVAL_HISTORY_NAME = "eval_history.json"
+RNG_STATE_NAME = "random_states_{}.pkl"  # accelerate's, one per process
+_RANDOM_STATE_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+# What a resume may change; see ARTrainingArguments. Free: bookkeeping, display, speed, the run's end.
+RESUME_FREE = (
+    "epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "num_workers",
+    "progress", "log_with", "gradient_checkpointing",
+)
+# Changeable with allow_changed_settings: the new value takes effect from the checkpoint's step on.
+RESUME_OVERRIDABLE = (
+    "learning_rate", "min_learning_rate", "warmup_steps", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay",
+    "max_grad_norm", "mixed_precision", "ema_decay", "seed", "gradient_accumulation_steps", "num_processes",
+    "class_dropout_prob", "token_dropout", "attention_dropout", "resid_dropout", "ffn_dropout", "drop_path_rate",
+)
 
 
 class TrainingError(MASCError):
@@ -48,7 +68,32 @@ class ARTrainingArguments:
 
     The model, the data, the cluster map and the VQ tokenizer are objects given to :func:`train`
     (``recipes/train.py`` builds them from paths). Named apart from ``transformers.TrainingArguments``,
-    which this is not.
+    which this is not. A value that cannot work (``keep_checkpoints=0``, ``log_every=0``, a negative
+    batch size, ...) is a :class:`TrainingError` when the arguments are built.
+
+    Resuming (``resume``) continues the run that wrote the checkpoint, so its settings are compared
+    with the ones that checkpoint records (``trainer_state.json``, ``"run"``):
+
+    - free to change (:data:`RESUME_FREE`): ``log_every``, ``eval_every``, ``checkpoint_every``,
+      ``keep_checkpoints``, ``progress``, ``log_with`` (what is written or shown, not what is
+      computed); ``num_workers`` (an item depends only on the seed, the epoch and its index) and
+      ``gradient_checkpointing`` (the same values, recomputed); ``max_steps``/``epochs`` (the run's
+      end, not below the checkpoint's step: the cosine schedule then ends at the new end, a warning
+      gives the learning rate before and after).
+    - changeable only when named in ``allow_changed_settings`` (:data:`RESUME_OVERRIDABLE`), since the
+      run is then no longer the one the checkpoint started (a new value takes effect from the
+      checkpoint's step, where it would otherwise be silently overwritten by the checkpoint's state
+      or silently break the exact resume): the schedule (``learning_rate``, ``min_learning_rate``,
+      ``warmup_steps``), the optimiser (``adam_beta1``/``adam_beta2``/``adam_eps``,
+      ``weight_decay``, ``max_grad_norm``), ``mixed_precision``, ``ema_decay`` (an EMA switched on
+      starts at the checkpoint's weights), ``seed`` (the data order from the current epoch on),
+      ``gradient_accumulation_steps`` and the number of processes (the same global batch, split
+      otherwise; new processes' random states start from the seed), and the model's regularisation
+      (``class_dropout_prob`` while it stays above 0, the dropout rates, ``drop_path_rate``).
+    - fixed (any change needs a new ``output_dir``): ``global_batch_size`` (the epoch position and
+      the schedule's step count follow it), the model's architecture and vocabulary (the saved
+      weights and optimiser state only fit them), the cluster map, the code shards' tokenizer and
+      size, and a ``class_dropout_prob`` that moves to or from 0 (the null-class row).
     """
 
     output_dir: str
@@ -76,11 +121,106 @@ class ARTrainingArguments:
     gradient_checkpointing: bool = False
     log_with: str | None = "auto"  # accelerate tracker; "auto": tensorboard when installed
     progress: bool = True
+    allow_changed_settings: str | None = None  # on resume, e.g. "learning_rate,seed" (see the class docstring)
 
     def __post_init__(self) -> None:
-        for name in ("log_with", "resume"):
+        for name in ("log_with", "resume", "allow_changed_settings"):
             if getattr(self, name) in ("", "none", "None"):  # command-line spelling of "no value"
                 setattr(self, name, None)
+        if isinstance(self.allow_changed_settings, (list, tuple, set, frozenset)):
+            self.allow_changed_settings = ",".join(self.allow_changed_settings) or None
+        self._validate()
+
+    @property
+    def allowed_changes(self) -> set[str]:
+        """The names in ``allow_changed_settings``."""
+        return {name.strip() for name in (self.allow_changed_settings or "").split(",") if name.strip()}
+
+    def _validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise TrainingError(f"{name}={getattr(self, name)!r} {why}")
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
+            fail("output_dir", "is not a directory path; pass where checkpoints and the model go")
+        at_least_one = {
+            "epochs": "is not a number of epochs; use >= 1 (or max_steps)",
+            "global_batch_size": "is not a batch size; use a positive multiple of processes x gradient_accumulation_steps, e.g. 256",
+            "gradient_accumulation_steps": "must be >= 1 (1: no accumulation)",
+            "checkpoint_every": "must be >= 1 (steps between checkpoints; the last step is always saved)",
+            "keep_checkpoints": "must be >= 1: it is how many of the newest checkpoints are kept, and 0 would delete every one",
+            "log_every": "must be >= 1 (steps between logged records)",
+        }
+        for name, why in at_least_one.items():
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, why)
+        optional = {"max_steps": "must be None or >= 1 (None: epochs decide)", "eval_every": "must be None or >= 1 (None: only at the end)"}
+        for name, why in optional.items():
+            if getattr(self, name) is not None and (not is_int(getattr(self, name)) or getattr(self, name) < 1):
+                fail(name, why)
+        for name in ("warmup_steps", "num_workers"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "must be an integer >= 0")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            fail("seed", "must be an integer in [0, 2**32) (numpy's seed range)")
+        if self.learning_rate is not None and (not is_number(self.learning_rate) or self.learning_rate <= 0):
+            fail("learning_rate", "must be a positive number (None: the paper's for the model's size)")
+        if self.min_learning_rate is not None and (not is_number(self.min_learning_rate) or self.min_learning_rate < 0):
+            fail("min_learning_rate", "must be a number >= 0 (None: a tenth of the peak)")
+        if None not in (self.learning_rate, self.min_learning_rate) and self.min_learning_rate > self.learning_rate:
+            fail("min_learning_rate", f"is above learning_rate={self.learning_rate!r}; the cosine decays from the peak to the minimum")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not is_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                fail(name, "must lie in [0, 1) (the paper's: 0.9 and 0.95)")
+        if not is_number(self.adam_eps) or self.adam_eps <= 0:
+            fail("adam_eps", "must be a positive number, e.g. 1e-8")
+        non_negative = {"weight_decay": "must be a number >= 0 (the paper's: 0.05)", "max_grad_norm": "must be a number >= 0 (0: no clipping)"}
+        for name, why in non_negative.items():
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, why)
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            fail("mixed_precision", "is not one of 'no', 'bf16', 'fp16'")
+        if self.ema_decay is not None and (not is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
+            fail("ema_decay", "must lie in (0, 1), e.g. 0.9999 (None: no EMA copy)")
+        if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
+            fail("resume", "must be None, 'latest' or a checkpoint directory")
+        _check_setting_names(self.allowed_changes)
+
+
+def _model_fields() -> list[str]:
+    """The ``LlamaGenConfig`` fields a checkpoint's model is recorded by (all but sampling defaults)."""
+    import inspect
+
+    from ..models.llamagen.configuration_llamagen import LlamaGenConfig
+
+    skip = ("self", "kwargs", "default_guidance_scale")
+    return [name for name in inspect.signature(LlamaGenConfig.__init__).parameters if name not in skip]
+
+
+def _check_setting_names(names: set[str]) -> None:
+    """Every name of ``allow_changed_settings`` is a setting a resume may change."""
+    if not names:
+        return
+    fixed = ["global_batch_size", "train_dataset", *(name for name in _model_fields() if name not in RESUME_OVERRIDABLE)]
+    known = sorted({f.name for f in fields(ARTrainingArguments)} | set(RESUME_OVERRIDABLE) | set(fixed))
+    for name in sorted(names):
+        if name in fixed:
+            raise TrainingError(
+                f"allow_changed_settings names {name!r}, which a resume cannot change (the checkpoint's weights, optimiser "
+                f"state and data position belong to it); start a new --output_dir to train with another {name}"
+            )
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TrainingError(
+                f"allow_changed_settings names {name!r}, which is not a setting; {hint}"
+                f"changeable ones: {', '.join(RESUME_OVERRIDABLE)}"
+            )
 
 
 @dataclass
@@ -106,12 +246,52 @@ class TrainOutput:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step under ``output_dir`` (``None`` if none)."""
+    """The complete checkpoint with the highest step under ``output_dir`` (``None`` if none); see
+    :func:`checkpoint_problem`."""
+    return next((path for path in _checkpoints(output_dir)[::-1] if checkpoint_problem(path) is None), None)
+
+
+def _checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-<step>`` directories under ``output_dir`` (complete or not), by step."""
     root = Path(output_dir)
     if not root.is_dir():
-        return None
-    done = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / STATE_NAME).is_file()]
-    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+        return []
+    found = [p for p in root.iterdir() if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and p.is_dir()]
+    return sorted(found, key=_step_of)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(CHECKPOINT_PREFIX) :])
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """Why ``checkpoint`` is not complete (``None`` when it is): its ``trainer_state.json`` is missing or
+    unreadable, or a file that state lists (``"files"``: name -> size, written last) is missing or has
+    another size, as an interrupted copy or a full disk leaves it. Contents are checked when loaded."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        return "no such directory"
+    if not (checkpoint / STATE_NAME).is_file():
+        return f"no {STATE_NAME}"
+    try:
+        saved = json.loads((checkpoint / STATE_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{STATE_NAME} is unreadable ({err})"
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(key), int) for key in ("global_step", "epoch", "batches_consumed")):
+        return f"{STATE_NAME} does not hold a training position"
+    files = saved.get("files", {})  # absent in checkpoints written before files were listed: trusted
+    if not isinstance(files, dict):
+        return f"{STATE_NAME} lists its files wrongly"
+    root = checkpoint.resolve()
+    for name, size in files.items():
+        path = checkpoint / name
+        if not path.resolve().is_relative_to(root):
+            return f"{STATE_NAME} lists a file outside the checkpoint ({name!r})"
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes instead of {size}"
+    return None
 
 
 def paper_learning_rates(model_config, args: ARTrainingArguments) -> tuple[float, float]:
@@ -124,10 +304,18 @@ def paper_learning_rates(model_config, args: ARTrainingArguments) -> tuple[float
 
 # ---------------------------------------------------------------------------------------- checks
 def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
-    """The model speaks the data's language: vocabulary, sequence length, classes and cluster map."""
+    """The model speaks the data's language: tokenizer, vocabulary, sequence length, classes and cluster map."""
     from ..pipelines.pairing import check_map_fits_model
 
     config = model.config
+    data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
+    model_fingerprint = getattr(config, "tokenizer_fingerprint", None)
+    if None not in (data_fingerprint, model_fingerprint) and data_fingerprint != model_fingerprint:
+        raise TrainingError(
+            f"the model was built for the ids of VQ tokenizer {model_fingerprint[:12]}... but the codes come from tokenizer "
+            f"{data_fingerprint[:12]}... (codebook fingerprints differ); extract the codes with the model's tokenizer, or build "
+            "a model for these codes (model_for_codes)"
+        )
     expected_vocab = getattr(train_dataset, "vocab_size", None)
     if expected_vocab is not None and config.vocab_size != expected_vocab:
         raise TrainingError(
@@ -145,6 +333,27 @@ def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
     class_names = getattr(train_dataset, "class_names", None)
     if class_names and config.num_classes != len(class_names):
         raise TrainingError(f"the model has {config.num_classes} classes but the data has {len(class_names)}")
+
+
+def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None) -> None:
+    """The VQ tokenizer that will render the model's samples is the one of the codes, of the model and
+    of the cluster map (codebook size and fingerprint); checked when training starts, not at the end."""
+    from ..pipelines.pairing import check_map_fits_tokenizer, check_model_fits_vq, tokenizer_fingerprint
+
+    fingerprint = tokenizer_fingerprint(vqvae)
+    data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
+    if data_fingerprint is not None and data_fingerprint != fingerprint:
+        raise MASCError(
+            f"the codes come from VQ tokenizer {data_fingerprint[:12]}... but the vqvae's codebook is {fingerprint[:12]}... "
+            "(codebook fingerprints differ); pass the VQ tokenizer the codes were extracted with"
+        )
+    check_model_fits_vq(model, vqvae, fingerprint=fingerprint)
+    if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
+        check_map_fits_tokenizer(cluster_map, vqvae, fingerprint=fingerprint)
+
+
+def _data_tokenizer_fingerprint(train_dataset) -> str | None:
+    return getattr(getattr(train_dataset, "manifest", None), "tokenizer_fingerprint", None)
 
 
 # ---------------------------------------------------------------------------------------- state
@@ -227,25 +436,37 @@ def train(
         vqvae: the VQ tokenizer (a diffusers ``VQModel``): also write a ``MASCPipeline`` at the end.
 
     Checkpoints ``output_dir/checkpoint-<step>`` hold accelerate's state (model, optimiser, scheduler,
-    RNG states; all loaded without unpickling objects), ``ema.safetensors`` when EMA is on, and
-    ``trainer_state.json``. Each is written under a temporary name and renamed when complete, so a run
-    killed at any moment resumes from the last complete one and ends at the same step with the same
-    loss as an uninterrupted run.
+    RNG states; all loaded without unpickling objects), ``ema.safetensors`` when EMA is on, the
+    history so far, and ``trainer_state.json`` (the position, the run's settings, each file's size).
+    Each is written under a temporary name and renamed when complete, so a run killed at any moment
+    resumes from the last complete one and ends at the same step with the same loss and history as
+    an uninterrupted run. ``resume="latest"`` skips a newest checkpoint that is incomplete (a file
+    missing or cut short), with a warning; a checkpoint whose files cannot be read, or whose run had
+    other settings (see :class:`ARTrainingArguments`), stops the resume with a :class:`TrainingError`.
+    Every pairing (model and codes, map, VQ) and setting is checked before the model is prepared.
     """
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     check_model_fits_data(model, train_dataset, cluster_map)
     if vqvae is not None:
-        from ..pipelines.pairing import check_model_fits_vq
-
-        check_model_fits_vq(model, vqvae)
+        check_vq_fits_run(model, train_dataset, vqvae, cluster_map)
+    peak_lr, final_lr = paper_learning_rates(model.config, args)
+    if final_lr > peak_lr:
+        raise TrainingError(f"min_learning_rate={final_lr!r} is above the peak learning rate {peak_lr!r}; pass a smaller one (or none)")
+    _check_output_dir(Path(args.output_dir))
+    resume_dir, saved = _find_checkpoint(args)
+    record = _run_record(args, model, train_dataset, PartialState().num_processes)
+    changed = _check_resume(resume_dir, saved, record, args) if saved is not None else {}
     accelerator, log_with = _accelerator(args)
     set_seed(args.seed)
     dataloader = _dataloader(train_dataset, args, accelerator.num_processes)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model, optimizer, scheduler, dataloader, ema, total_steps = _prepare(accelerator, model, dataloader, args)
-    state = _resume(accelerator, args, ema)
+    state = _Progress()
+    if resume_dir is not None:
+        state, ema = _resume(accelerator, args, resume_dir, saved, changed, model, optimizer, scheduler, ema, total_steps)
     _write_run_files(accelerator, args, log_with, model)
 
     output_dir = Path(args.output_dir)
@@ -276,7 +497,7 @@ def train(
             if eval_fn is not None and (last or (args.eval_every and state.global_step % args.eval_every == 0)):
                 _evaluate(accelerator, log_with, model, eval_fn, state, output_dir)
             if state.global_step % args.checkpoint_every == 0 or last:
-                _save_checkpoint(accelerator, output_dir, ema, state, args.keep_checkpoints)
+                _save_checkpoint(accelerator, output_dir, ema, state, args.keep_checkpoints, record, total_steps)
             if state.global_step >= total_steps:
                 break
         else:
@@ -290,21 +511,30 @@ def train(
 
 def _accelerator(args: ARTrainingArguments):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, LoggerType, ProjectConfiguration
 
     log_with = args.log_with
     if log_with == "auto":
         import importlib.util
 
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else None
+    trackers = [t.value for t in LoggerType]
+    if log_with is not None and log_with not in trackers:
+        raise TrainingError(f"log_with={log_with!r} is not an accelerate tracker; use one of {', '.join(trackers)}, 'auto' or none")
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision if torch.cuda.is_available() or args.mixed_precision != "fp16" else "no",
-        log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    try:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision if torch.cuda.is_available() or args.mixed_precision != "fp16" else "no",
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+    except (ValueError, ImportError) as err:  # e.g. bf16 on a device without it, a tracker not installed
+        raise TrainingError(
+            f"accelerate cannot be set up with mixed_precision={args.mixed_precision!r}, log_with={log_with!r}: {err}; "
+            "choose settings this machine supports (e.g. --mixed_precision no, --log_with none)"
+        ) from err
     return accelerator, log_with
 
 
@@ -348,25 +578,217 @@ def _prepare(accelerator, model, dataloader, args: ARTrainingArguments):
     return model, optimizer, scheduler, dataloader, ema, total_steps
 
 
-def _resume(accelerator, args: ARTrainingArguments, ema: _EMA | None) -> _Progress:
+def _check_output_dir(output_dir: Path) -> None:
+    """A directory training can write to: known before any step, not at the first checkpoint."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainingError(f"output_dir={str(output_dir)!r} cannot be created: {existing} is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({existing} is read-only); pass a directory you can write to")
+
+
+def _find_checkpoint(args: ARTrainingArguments) -> tuple[Path | None, dict | None]:
+    """The checkpoint ``args.resume`` names and its ``trainer_state.json``; with ``"latest"``, the newest
+    complete one (an incomplete newer one is skipped with a warning naming its problem)."""
+    if not args.resume:
+        return None, None
     output_dir = Path(args.output_dir)
-    resume_dir = latest_checkpoint(output_dir) if args.resume == "latest" else (Path(args.resume) if args.resume else None)
-    if args.resume and args.resume != "latest" and not (resume_dir / STATE_NAME).is_file():
-        raise TrainingError(f"{resume_dir} is not a complete checkpoint (no {STATE_NAME}); use --resume latest or another path")
-    if resume_dir is None:
-        if args.resume == "latest":
-            logger.info("no checkpoint under %s: starting from scratch", output_dir)
-        return _Progress()
-    saved = json.loads((resume_dir / STATE_NAME).read_text())
-    accelerator.load_state(str(resume_dir))
+    if args.resume != "latest":
+        resume_dir = Path(args.resume)
+        problem = checkpoint_problem(resume_dir)
+        if problem is not None:
+            raise TrainingError(f"{resume_dir} is not a complete checkpoint ({problem}); use --resume latest or another path")
+        return resume_dir, json.loads((resume_dir / STATE_NAME).read_text())
+    skipped = []
+    for resume_dir in _checkpoints(output_dir)[::-1]:
+        problem = checkpoint_problem(resume_dir)
+        if problem is None:
+            if skipped:
+                logger.warning(
+                    "skipping incomplete checkpoint(s) %s: resuming from %s instead",
+                    "; ".join(f"{path.name} ({why})" for path, why in skipped), resume_dir.name,
+                )
+            return resume_dir, json.loads((resume_dir / STATE_NAME).read_text())
+        skipped.append((resume_dir, problem))
+    if skipped:
+        raise TrainingError(
+            f"no complete checkpoint under {output_dir} to resume: "
+            + "; ".join(f"{path.name}: {why}" for path, why in skipped)
+            + "; start a new --output_dir, or remove the broken checkpoints to start this one from scratch"
+        )
+    logger.info("no checkpoint under %s: starting from scratch", output_dir)
+    return None, None
+
+
+def _run_record(args: ARTrainingArguments, model, train_dataset, num_processes: int) -> dict[str, Any]:
+    """What a resume must match (kept in each checkpoint's ``trainer_state.json`` as ``"run"``): the
+    settings that are not free to change, as JSON values (the peak learning rate as used; a
+    ``min_learning_rate`` of None stays None: a tenth of the peak, whatever the peak)."""
+    config = model.config
+    not_recorded = (*RESUME_FREE, "output_dir", "resume", "allow_changed_settings")
+    record = {name: value for name, value in asdict(args).items() if name not in not_recorded}
+    record.update(learning_rate=paper_learning_rates(config, args)[0], num_processes=num_processes)
+    record.update({name: getattr(config, name, None) for name in _model_fields()})
+    record["train_dataset"] = {"num_examples": len(train_dataset), "tokenizer_fingerprint": _data_tokenizer_fingerprint(train_dataset)}
+    return json.loads(json.dumps(record))
+
+
+def _check_resume(resume_dir: Path, saved: dict, record: dict[str, Any], args: ARTrainingArguments) -> dict[str, tuple]:
+    """Refuse to resume a run with other settings unless they may change (see :class:`ARTrainingArguments`);
+    the allowed changes ``{name: (old, new)}``."""
+    step = saved["global_step"]
+    if args.max_steps is not None and args.max_steps < step:
+        raise TrainingError(
+            f"max_steps={args.max_steps} is below the step of the checkpoint being resumed ({resume_dir.name}, step {step}); "
+            f"pass --max_steps {step} or more, or start a new --output_dir"
+        )
+    ran = saved.get("run")
+    if not isinstance(ran, dict):
+        logger.warning("%s records no run settings (written by an older masc-hf): they cannot be compared", resume_dir)
+        return {}
+    changed = {name: (ran[name], value) for name, value in record.items() if name in ran and ran[name] != value}
+    fixed = [name for name in changed if name not in RESUME_OVERRIDABLE]
+    if "class_dropout_prob" in changed and (changed["class_dropout_prob"][0] > 0) != (changed["class_dropout_prob"][1] > 0):
+        fixed.append("class_dropout_prob")  # the null-class row comes or goes: the weights no longer fit
+
+    def describe(names) -> str:
+        return ", ".join(f"{name} {changed[name][0]!r} -> {changed[name][1]!r}" for name in names)
+
+    if fixed:
+        raise TrainingError(
+            f"cannot resume {resume_dir}: the run that wrote it had other settings ({describe(fixed)}), and its weights, "
+            "optimiser state and data position only fit that run; resume with the checkpoint's settings, or start a new --output_dir"
+        )
+    refused = [name for name in changed if name not in args.allowed_changes]
+    if refused:
+        raise TrainingError(
+            f"resuming {resume_dir} with settings that differ from the run that wrote it: {describe(refused)}. "
+            f"Resume with the checkpoint's values, start a new --output_dir, or pass --allow_changed_settings {','.join(refused)} "
+            f"to continue this run with the new values from step {step}"
+        )
+    if changed:
+        logger.warning("resuming %s with changed settings (allowed): %s", resume_dir, describe(changed))
+    return changed
+
+
+def _load_random_states(resume_dir: Path, process_index: int, changed: dict[str, tuple]) -> dict | None:
+    """This process's random states in ``resume_dir`` (``weights_only``, accelerate's allow-list), or a
+    :class:`TrainingError` naming the file: an exact resume needs them, and accelerate only logs a failure."""
+    from accelerate.utils import load
+
+    path = resume_dir / RNG_STATE_NAME.format(process_index)
+    way_out = _way_out(resume_dir)
+    if not path.is_file():
+        if "num_processes" in changed:  # a process the checkpoint's run did not have
+            logger.warning(
+                "%s is not in the checkpoint (it had fewer processes): process %d starts from the seed's random state", path.name, process_index
+            )
+            return None
+        raise TrainingError(f"{path} is missing, and an exact resume needs the random states it holds; {way_out}")
+    try:
+        states = load(path)
+        if not isinstance(states, dict) or not all(key in states for key in _RANDOM_STATE_KEYS):
+            raise ValueError("not accelerate's random states")
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TrainingError(
+            f"{path} cannot be read ({first_line}), and an exact resume needs the random states it holds; {way_out}"
+        ) from None
+    return states
+
+
+def _way_out(resume_dir: Path) -> str:
+    """How to get past a damaged checkpoint: the complete one before it, by path, or a new run."""
+    earlier = None
+    if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", resume_dir.name):
+        older = [p for p in _checkpoints(resume_dir.parent) if _step_of(p) < _step_of(resume_dir) and checkpoint_problem(p) is None]
+        earlier = older[-1] if older else None
+    return f"resume from the earlier checkpoint by path (--resume {earlier})" if earlier else "start a new --output_dir"
+
+
+def _resume(
+    accelerator, args: ARTrainingArguments, resume_dir: Path, saved: dict, changed: dict[str, tuple], model, optimizer, scheduler, ema,
+    total_steps: int,
+):
+    """Load the checkpoint into the prepared objects and apply the allowed changes; the loop's position and the EMA."""
+    import random
+
+    step = saved["global_step"]
+    if total_steps < step:
+        raise TrainingError(
+            f"epochs={args.epochs} gives {total_steps} steps, fewer than the step of the checkpoint being resumed "
+            f"({resume_dir.name}, step {step}); pass more epochs (or --max_steps {step} or more), or start a new --output_dir"
+        )
+    random_states = _load_random_states(resume_dir, accelerator.process_index, changed)
+    try:
+        accelerator.load_state(str(resume_dir))
+    except Exception as err:  # a damaged file of the right size
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TrainingError(
+            f"checkpoint {resume_dir} cannot be loaded ({type(err).__name__}: {first_line}); {_way_out(resume_dir)}"
+        ) from err
+    if random_states is not None and not (
+        torch.equal(torch.get_rng_state(), random_states["torch_manual_seed"]) and random.getstate() == random_states["random_state"]
+    ):
+        raise TrainingError(
+            f"the random states in {resume_dir / RNG_STATE_NAME.format(accelerator.process_index)} were not restored "
+            f"(accelerate could not apply them); {_way_out(resume_dir)}"
+        )
     if ema is not None and (resume_dir / EMA_NAME).is_file():
-        ema.load(resume_dir / EMA_NAME)
-    state = _Progress(global_step=saved["global_step"], epoch=saved["epoch"], consumed=saved["batches_consumed"])
-    eval_path = output_dir / EVAL_HISTORY_NAME
-    if eval_path.is_file():  # records past the checkpoint belong to the lost part of the run
-        state.eval_history = [r for r in json.loads(eval_path.read_text()) if r["step"] <= state.global_step]
+        ema.load(resume_dir / EMA_NAME)  # the average so far (continued with the new decay if it changed)
+    elif ema is not None:  # EMA switched on now: the average starts at the checkpoint's weights
+        ema = _EMA(accelerator.unwrap_model(model), args.ema_decay)
+    state = _Progress(global_step=step, epoch=saved["epoch"], consumed=saved["batches_consumed"])
+    config = accelerator.unwrap_model(model).config
+    _apply_changes(accelerator, args, optimizer, scheduler, state, changed, saved.get("total_steps"), total_steps, config)
+    history_path = resume_dir / HISTORY_NAME
+    if history_path.is_file():  # records past the checkpoint belong to the lost part of the run
+        try:
+            state.history = [r for r in json.loads(history_path.read_text()) if r["step"] <= step]
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise TrainingError(f"{history_path} is not a training history ({err}); {_way_out(resume_dir)}") from None
+    else:
+        logger.warning("%s holds no %s (written by an older masc-hf): the history starts at step %d", resume_dir, HISTORY_NAME, step)
+    eval_path = Path(args.output_dir) / EVAL_HISTORY_NAME
+    if eval_path.is_file():
+        state.eval_history = [r for r in json.loads(eval_path.read_text()) if r["step"] <= step]
     logger.info("resumed from %s at step %d (epoch %d, %d batches into it)", resume_dir, state.global_step, state.epoch, state.consumed)
-    return state
+    return state, ema
+
+
+def _apply_changes(
+    accelerator, args, optimizer, scheduler, state: _Progress, changed: dict[str, tuple], old_total: int | None, total_steps: int, config
+) -> None:
+    """Make the allowed changes take effect from the checkpoint's step: load_state restored the old
+    optimiser hyper-parameters, schedule position and accumulation phase."""
+    world = accelerator.num_processes
+    if "gradient_accumulation_steps" in changed:  # the same global batches, split into other micro-batches
+        old, new = changed["gradient_accumulation_steps"]
+        state.consumed = state.consumed // old * new
+        accelerator.step = state.consumed
+    if {"adam_beta1", "adam_beta2", "adam_eps", "weight_decay"} & set(changed):
+        decay_group, no_decay_group = optimizer.param_groups
+        for group in (decay_group, no_decay_group):
+            group["betas"], group["eps"] = (args.adam_beta1, args.adam_beta2), args.adam_eps
+        decay_group["weight_decay"] = args.weight_decay
+    new_end = old_total is not None and old_total != total_steps
+    if new_end:
+        logger.warning(
+            "the run now ends at step %d instead of %d: the cosine schedule runs to the new end from step %d on",
+            total_steps, old_total, state.global_step,
+        )
+    if new_end or {"learning_rate", "min_learning_rate", "warmup_steps", "num_processes"} & set(changed):
+        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper
+        peak, _ = paper_learning_rates(config, args)
+        before = inner.get_last_lr()[0]
+        inner.last_epoch = state.global_step * world  # the prepared scheduler steps once per process
+        inner.base_lrs = [peak for _ in inner.base_lrs]
+        for group, lr_lambda in zip(inner.optimizer.param_groups, inner.lr_lambdas):
+            group["initial_lr"], group["lr"] = peak, peak * lr_lambda(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
+        logger.warning("learning rate at step %d: %.3g before the change, %.3g now", state.global_step, before, inner._last_lr[0])
 
 
 def _write_run_files(accelerator, args: ARTrainingArguments, log_with, model) -> None:
@@ -434,8 +856,11 @@ def _evaluate(accelerator, log_with, model, eval_fn, state: _Progress, output_di
     accelerator.wait_for_everyone()
 
 
-def _save_checkpoint(accelerator, output_dir: Path, ema: _EMA | None, state: _Progress, keep: int) -> None:
-    """accelerate's state into a staging directory every process writes to, renamed when complete."""
+def _save_checkpoint(
+    accelerator, output_dir: Path, ema: _EMA | None, state: _Progress, keep: int, record: dict[str, Any], total_steps: int
+) -> None:
+    """accelerate's state into a staging directory every process writes to, renamed when complete;
+    ``trainer_state.json`` (written last) records the run's settings and every file's size."""
     from accelerate.utils import broadcast_object_list
 
     target = output_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
@@ -449,16 +874,20 @@ def _save_checkpoint(accelerator, output_dir: Path, ema: _EMA | None, state: _Pr
         broadcast_object_list(staging)
     tmp = Path(staging[0])
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process's random states are written before the files are listed
     if accelerator.is_main_process:
         if ema is not None:
             ema.save(tmp / EMA_NAME)
-        saved = {"global_step": state.global_step, "epoch": state.epoch, "batches_consumed": state.consumed, "loss": state.loss, "time": time.time()}
+        write_text_atomic(tmp / HISTORY_NAME, json.dumps(state.history, indent=1) + "\n")
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        saved = {
+            "global_step": state.global_step, "epoch": state.epoch, "batches_consumed": state.consumed, "loss": state.loss,
+            "time": time.time(), "total_steps": total_steps, "run": record, "files": files,
+        }
         write_text_atomic(tmp / STATE_NAME, json.dumps(saved, indent=2) + "\n")
         replace_dir(tmp, target)
-        done = sorted(
-            (p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_NAME).is_file()),
-            key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
-        )
+        # only this run's checkpoints rotate: a later one left by an abandoned run is replaced when reached
+        done = [p for p in _checkpoints(output_dir) if _step_of(p) <= state.global_step and (p / STATE_NAME).is_file()]
         for old in done[: max(len(done) - keep, 0)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -476,7 +905,7 @@ def _finish(accelerator, model, ema, state: _Progress, output_dir: Path, cluster
         model_dir = output_dir / "model"
         with staged_dir(model_dir) as tmp:
             final.save_pretrained(tmp)
-        write_text_atomic(output_dir / "history.json", json.dumps(state.history, indent=1) + "\n")
+        write_text_atomic(output_dir / HISTORY_NAME, json.dumps(state.history, indent=1) + "\n")
         output.model, output.model_dir = final, str(model_dir)
         if vqvae is not None:
             output.pipeline_dir = str(write_pipeline(final, vqvae, cluster_map, output_dir / "pipeline", getattr(train_dataset, "class_names", None)))

@@ -59,7 +59,9 @@ class LlamaGenConfig(PretrainedConfig):
     ``vocab_size`` is what the model embeds and predicts: N codebook ids for a flat model, k cluster
     ids for a MASC model. A MASC model also records ``fine_vocab_size`` (N) and the fingerprint of the
     cluster map it was trained with, so that :meth:`LlamaGenForImageGeneration.generate` refuses a map
-    that does not belong to it. A flat model has both set to ``None``.
+    that does not belong to it. A flat model has both set to ``None``. Every model trained here also
+    records ``tokenizer_fingerprint``, the codebook fingerprint of the VQ tokenizer whose ids it was
+    trained on, so that a VQ decoder or code shards of another tokenizer are refused.
 
     Args:
         vocab_size: ids the model embeds and predicts (N flat, k MASC).
@@ -85,6 +87,9 @@ class LlamaGenConfig(PretrainedConfig):
         default_guidance_scale: legacy. Sampling defaults live in the model's ``generation_config``
             (``generation_config.json``); this field is read only to build that for a directory saved
             before it existed. ``None``: 4.0 (the reference sampler's default) with a null class, else 1.0.
+        tokenizer_fingerprint: codebook fingerprint of the VQ tokenizer the model's ids come from
+            (``masc_hf.clustering.codebook_fingerprint``); ``None`` when unknown (configs saved before
+            it existed, converted checkpoints).
 
     Example:
         >>> config = LlamaGenConfig.from_preset("GPT-B-256")
@@ -127,6 +132,7 @@ class LlamaGenConfig(PretrainedConfig):
         fine_vocab_size: int | None = None,
         cluster_map_fingerprint: str | None = None,
         default_guidance_scale: float | None = None,
+        tokenizer_fingerprint: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.vocab_size = int(vocab_size)
@@ -151,6 +157,7 @@ class LlamaGenConfig(PretrainedConfig):
         self.fine_vocab_size = int(fine_vocab_size) if fine_vocab_size is not None else None
         self.cluster_map_fingerprint = cluster_map_fingerprint
         self.default_guidance_scale = float(default_guidance_scale) if default_guidance_scale is not None else None
+        self.tokenizer_fingerprint = tokenizer_fingerprint
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         self._validate()
@@ -186,6 +193,11 @@ class LlamaGenConfig(PretrainedConfig):
             fail(
                 f"fine_vocab_size={self.fine_vocab_size} is smaller than vocab_size={self.vocab_size}",
                 "a MASC model predicts k <= N cluster ids: vocab_size=k, fine_vocab_size=N",
+            )
+        if self.tokenizer_fingerprint is not None and (not isinstance(self.tokenizer_fingerprint, str) or not self.tokenizer_fingerprint):
+            fail(
+                f"tokenizer_fingerprint={self.tokenizer_fingerprint!r} is not a fingerprint string",
+                "use the tokenizer's codebook fingerprint (masc_hf.pipelines.pairing.tokenizer_fingerprint(vqvae)) or None",
             )
         if self.default_guidance_scale is not None and self.default_guidance_scale < 0:
             fail(f"default_guidance_scale={self.default_guidance_scale} is negative", "use 1.0 (no guidance) or a value > 1")
