@@ -122,6 +122,7 @@ def test_float_ids_refused(cmap):
     [
         (np.array([[0.0, np.nan], [1.0, 2.0], [3, 4]]), "NaN or inf.*token ids 0"),
         (np.array([[0.0, 1.0], [np.inf, 2.0], [3, 4]]), "NaN or inf.*token ids 1"),
+        (np.array([[0.0, 1.0], [1e39, 2.0], [3, 4]]), "beyond float32's range.*token ids 1"),  # finite in float64 only
         (np.zeros((4, 2, 2)), "must be 2-D"),
         (np.zeros(5), "must be 2-D"),
         (np.zeros((1, 4)), "at least 2 tokens"),
