@@ -47,9 +47,10 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 @contextmanager
 def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``target``; when the block ends normally it gets the
-    usual permissions (``0o777`` less the umask, not ``mkdtemp``'s ``0o700``) and replaces
-    ``target`` (see :func:`replace_dir`); when it raises it is deleted and ``target`` is untouched.
+    """Yield an empty staging directory beside ``target``; when the block ends normally it and all
+    it holds get the usual permissions (directories ``0o777`` and files ``0o666`` less the umask,
+    not the ``0o700``/``0o600`` of ``mkdtemp`` and of some writers, safetensors' among them) and it
+    replaces ``target`` (see :func:`replace_dir`); when it raises it is deleted and ``target`` is untouched.
     Staging directories of ``target`` left by a killed run are deleted first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     fd, staging = _locked_temp(target, directory=True)
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())
+        _usual_permissions(staging)
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -188,6 +189,16 @@ def _locked_temp(target: Path, *, directory: bool) -> tuple[int, Path]:
         if same:
             return fd, Path(name)
         os.close(fd)
+
+
+def _usual_permissions(root: Path) -> None:
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):  # chmod would follow it
+                os.chmod(path, (0o777 if name in dirs else 0o666) & ~mask)
 
 
 def _umask() -> int:
