@@ -266,6 +266,29 @@ def test_mismatched_files(cmap, saved, tmp_path):
         MASCClusterMap.from_pretrained(saved)
 
 
+@pytest.mark.parametrize("field", ["tensors_sha256", "fingerprint"])
+def test_a_config_without_its_integrity_fields_is_refused(saved, field):
+    config = json.loads((saved / "cluster_map_config.json").read_text())
+    del config[field]  # every save writes both: a config without one was edited or made elsewhere
+    (saved / "cluster_map_config.json").write_text(json.dumps(config))
+    with pytest.raises(ClusterMapError, match=f"lacks '{field}'.*cannot be checked"):
+        MASCClusterMap.from_pretrained(saved)
+
+
+def test_saved_maps_get_the_usual_permissions(cmap, tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = cmap.save_pretrained(tmp_path / "map")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(
+        ["README.md", "cluster_map.safetensors", "cluster_map_config.json"], 0o644
+    )
+
+
 def test_tree_and_mapping_must_agree(cmap):
     with pytest.raises(ClusterMapError, match="disagree"):
         MASCClusterMap(np.roll(cmap.mapping, 1), tree=cmap.tree)
