@@ -567,12 +567,14 @@ class MASCClusterMap(FeatureExtractionMixin):
 
     def model_card(self):
         """The README.md written beside the map, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/cluster_map.md``)."""
-        from ..model_cards import render_card
+        from ..model_cards import Markdown, escape_markdown, render_card
 
         summary = self.summary()
         quality = self.quality or {}
-        rows = "\n".join(f"| {key} | {_fmt(value)} |" for key, value in quality.items() if key not in summary)
-        rows = rows or "| (not computed) | |"
+        rows = "\n".join(
+            f"| {escape_markdown(key)} | {escape_markdown(_fmt(value))} |" for key, value in quality.items() if key not in summary
+        )
+        rows = Markdown(rows or "| (not computed) | |")
         return render_card(
             "cluster_map.md",
             method=self.method,

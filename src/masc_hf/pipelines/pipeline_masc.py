@@ -224,7 +224,7 @@ class MASCPipeline(DiffusionPipeline):
     def model_card(self):
         """The README.md written beside the pipeline, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/pipeline.md``)."""
         from .._version import __version__
-        from ..model_cards import render_card
+        from ..model_cards import Markdown, escape_markdown, render_card
 
         config = self.transformer.config
         cmap = self.cluster_map
@@ -240,8 +240,8 @@ class MASCPipeline(DiffusionPipeline):
             num_layers=config.num_hidden_layers,
             num_parameters=f"{sum(p.numel() for p in self.transformer.parameters()):,}",
             guidance_scale=self.transformer.generation_config.guidance_scale,
-            cluster_map=(
-                f"`{cmap.method}` map, N={cmap.num_tokens} -> k={cmap.num_clusters}, fingerprint `{cmap.fingerprint[:16]}`"
+            cluster_map=Markdown(  # the method is a map's free text: escaped; the fingerprint is our hex digest
+                f"{escape_markdown(cmap.method)} map, N={cmap.num_tokens} -> k={cmap.num_clusters}, fingerprint `{cmap.fingerprint[:16]}`"
                 if cmap is not None
                 else "none (flat vocabulary)"
             ),
