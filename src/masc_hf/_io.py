@@ -114,6 +114,26 @@ def foreign_entries(directory: str | os.PathLike, own: set[str] | frozenset[str]
     return sorted(entry.name for entry in Path(directory).iterdir() if entry.name not in own)
 
 
+def check_output_dir(target: str | os.PathLike, own: set[str] | frozenset[str], *, overwrite: bool, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``target`` may be written (replaced) by a writer whose output is the
+    names ``own``: it is new or empty, or ``overwrite`` is set and it holds nothing but ``own``
+    names (what a previous run wrote), so that replacing it deletes nothing else."""
+    target = Path(target)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise error(f"output {target} exists and is not a directory; choose another --out")
+    foreign = foreign_entries(target, own)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise error(
+            f"output directory {target} holds files this tool did not write ({shown}); overwrite=True (--overwrite) "
+            "replaces only a previous run's output, never other files: choose another --out, or move those files"
+        )
+    if not overwrite and any(target.iterdir()):
+        raise error(f"output directory {target} already exists and is not empty; pass overwrite=True (--overwrite) or another --out")
+
+
 # ---------------------------------------------------------------------------- leftovers of killed runs
 # directory -> {target name: temporary names}, listed once per process: a directory of 50k images
 # written one file at a time is not listed 50k times
