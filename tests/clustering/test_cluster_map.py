@@ -122,6 +122,7 @@ def test_float_ids_refused(cmap):
     [
         (np.array([[0.0, np.nan], [1.0, 2.0], [3, 4]]), "NaN or inf.*token ids 0"),
         (np.array([[0.0, 1.0], [np.inf, 2.0], [3, 4]]), "NaN or inf.*token ids 1"),
+        (np.array([[0.0, 1.0], [1e39, 2.0], [3, 4]]), "beyond float32's range.*token ids 1"),  # finite in float64 only
         (np.zeros((4, 2, 2)), "must be 2-D"),
         (np.zeros(5), "must be 2-D"),
         (np.zeros((1, 4)), "at least 2 tokens"),
@@ -263,6 +264,29 @@ def test_mismatched_files(cmap, saved, tmp_path):
     (saved / "cluster_map_config.json").write_text(json.dumps(config))
     with pytest.raises(ClusterMapError, match="do not belong together"):
         MASCClusterMap.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("field", ["tensors_sha256", "fingerprint"])
+def test_a_config_without_its_integrity_fields_is_refused(saved, field):
+    config = json.loads((saved / "cluster_map_config.json").read_text())
+    del config[field]  # every save writes both: a config without one was edited or made elsewhere
+    (saved / "cluster_map_config.json").write_text(json.dumps(config))
+    with pytest.raises(ClusterMapError, match=f"lacks '{field}'.*cannot be checked"):
+        MASCClusterMap.from_pretrained(saved)
+
+
+def test_saved_maps_get_the_usual_permissions(cmap, tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = cmap.save_pretrained(tmp_path / "map")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(
+        ["README.md", "cluster_map.safetensors", "cluster_map_config.json"], 0o644
+    )
 
 
 def test_tree_and_mapping_must_agree(cmap):

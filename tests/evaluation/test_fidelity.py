@@ -9,6 +9,7 @@ thread: images are resized to 75 px inside the network instead of 299 (the class
 2048x2048 eigenvalue problem of FID cheap without changing any code path.
 """
 
+import hashlib
 import json
 from unittest import mock
 
@@ -51,7 +52,8 @@ def small_inception():
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> str:
-    """Deterministic random weights for torch-fidelity's InceptionV3, as a weights file."""
+    """Deterministic random weights for torch-fidelity's InceptionV3, as a weights file; while the
+    module runs, the expected sha256 is the stand-in's (the real file cannot be downloaded here)."""
     torch.manual_seed(0)
     with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None), mock.patch(
         "torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {}
@@ -68,7 +70,9 @@ def weights(tmp_path_factory) -> str:
             block.bn.bias[16:] = 0
     path = tmp_path_factory.mktemp("inception") / INCEPTION_WEIGHTS_FILE
     torch.save(net.state_dict(), path)
-    return str(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fidelity, "INCEPTION_WEIGHTS_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest())
+        yield str(path)
 
 
 def _images(seed: int, tilt: float, n: int = N, size: int = SIZE) -> np.ndarray:
@@ -330,3 +334,16 @@ def test_bad_requests(data, weights, tmp_path, no_heavy_work):
     with pytest.raises(SampleError, match="no arr_0"):
         np.savez(tmp_path / "other.npz", images=data["a"])
         calculate_metrics(tmp_path / "other.npz", data["b"], inception_weights=weights, **OPTIONS)
+
+
+def test_is_with_fewer_images_than_splits_is_an_error(data, weights, no_heavy_work):
+    # torch-fidelity would average empty splits and report NaN
+    with pytest.raises(FidelityError, match=r"holds 3 images, fewer than the Inception Score's isc_splits=10"):
+        calculate_metrics(data["a"][:3], None, inception_weights=weights, fid=False, prc=False, device="cpu", progress=False, isc_splits=10)
+
+
+def test_weights_of_another_file_are_refused_before_any_work(data, tmp_path, no_heavy_work):
+    other = tmp_path / INCEPTION_WEIGHTS_FILE  # the right name is not enough
+    torch.save({"fc.weight": torch.zeros(2)}, other)
+    with pytest.raises(InceptionWeightsError, match=f"sha256 is [0-9a-f]{{16}}.*{INCEPTION_WEIGHTS_URL}"):
+        calculate_metrics(data["a"], data["b"], inception_weights=other, **OPTIONS)

@@ -123,6 +123,30 @@ def test_existing_output_needs_overwrite(gpt_fixtures, tiny_config, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging directory left behind
 
 
+def test_overwrite_never_deletes_foreign_files(gpt_fixtures, tiny_config, tmp_path):
+    out = convert_llamagen_checkpoint(gpt_fixtures / "model.safetensors", tmp_path / "out", tiny_config)
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CheckpointError, match="did not write \\(notes.txt\\).*another --out"):
+        convert_llamagen_checkpoint(gpt_fixtures / "model.safetensors", out, tiny_config, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_converted_directory_gets_the_usual_permissions(gpt_fixtures, tiny_config, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = convert_llamagen_checkpoint(gpt_fixtures / "model.safetensors", tmp_path / "out", tiny_config)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0o700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(
+        ["config.json", "generation_config.json", "model.safetensors"], 0o644
+    )
+
+
 def test_masc_start_copies_the_body_and_reinitialises_the_vocabulary(gpt_fixtures, tiny_config, tiny_cluster_map, tmp_path):
     out = convert_llamagen_checkpoint(gpt_fixtures / "model.safetensors", tmp_path / "masc", tiny_config, cluster_map=tiny_cluster_map)
     config = LlamaGenConfig.from_pretrained(out)

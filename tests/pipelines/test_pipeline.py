@@ -84,6 +84,32 @@ def test_flat_round_trip_keeps_class_names(flat_pipe, tmp_path):
     assert loaded.get_label_ids(["bag", "Sneaker"]) == [8, 7]
 
 
+def test_an_interrupted_save_leaves_the_target_as_it_was(flat_pipe, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(flat_pipe.vqvae, "save_pretrained", boom)  # after the transformer was written
+    with pytest.raises(RuntimeError, match="disk full"):
+        flat_pipe.save_pretrained(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []  # no half-written directory, no staging left
+    monkeypatch.undo()
+    saved = tmp_path / "pipe"
+    flat_pipe.save_pretrained(saved)
+    before = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    monkeypatch.setattr(flat_pipe.vqvae, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        flat_pipe.save_pretrained(saved)
+    assert {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_save_refuses_a_directory_with_foreign_files(flat_pipe, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MASCError, match="not part of a pipeline.*notes.txt"):
+        flat_pipe.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_imagenet_names():
     id2label = imagenet_id2label()
     assert len(id2label) == 1000 and id2label[0] == "tench, Tinca tinca" and id2label[207] == "golden retriever"

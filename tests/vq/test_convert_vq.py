@@ -175,6 +175,11 @@ def test_existing_output(tmp_path, vq_fixtures):
     with pytest.raises(CheckpointError, match="--overwrite"):
         convert_llamagen_vq(vq_fixtures / "model.safetensors", out, config=vq_fixtures / "config.json")
     assert (out / "keep.txt").exists()
+    with pytest.raises(CheckpointError, match="did not write \\(keep.txt\\)"):  # --overwrite replaces only our own output
+        convert_llamagen_vq(vq_fixtures / "model.safetensors", out, config=vq_fixtures / "config.json", overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    convert_llamagen_vq(vq_fixtures / "model.safetensors", out, config=vq_fixtures / "config.json")  # an empty directory
     convert_llamagen_vq(vq_fixtures / "model.safetensors", out, config=vq_fixtures / "config.json", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -193,6 +198,9 @@ def test_cli_convert_vq(tmp_path, vq_fixtures, capsys):
     assert main(argv) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(argv + ["--overwrite"]) == 2  # a file conversion does not write: never deleted
+    assert "notes.txt" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
 
 
 def test_cli_reports_shape_mismatch(tmp_path, vq_fixtures, capsys):

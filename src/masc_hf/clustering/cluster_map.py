@@ -17,7 +17,7 @@ import numpy as np
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from .._version import __version__
-from .._io import staged_dir
+from .._io import foreign_entries, staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
 from .codebook import as_codebook, codebook_fingerprint, fingerprint_of_valid
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, cut_linkage, run_method
@@ -410,7 +410,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         if target.exists():
             if not target.is_dir():
                 raise ClusterMapError(f"{target} exists and is not a directory; choose a directory path")
-            foreign = sorted(p.name for p in target.iterdir() if p.name not in self._OWN_FILES)
+            foreign = foreign_entries(target, self._OWN_FILES)
             if foreign:
                 raise ClusterMapError(
                     f"{target} holds files that are not part of a cluster map ({', '.join(foreign[:5])}); "
@@ -478,6 +478,8 @@ class MASCClusterMap(FeatureExtractionMixin):
             config = json.loads(config_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ClusterMapError(f"{config_path} is not valid JSON ({err}); re-save the map") from err
+        if not isinstance(config, dict):
+            raise ClusterMapError(f"{config_path} holds a JSON {type(config).__name__}, not a cluster map config object; re-save the map")
         expected_sha = config.get("tensors_sha256")
         if expected_sha is not None and _sha256_file(tensors_path) != expected_sha:
             raise ClusterMapError(
@@ -508,6 +510,17 @@ class MASCClusterMap(FeatureExtractionMixin):
                 f"{tensors_path.name} has {int(mapping.max()) + 1} clusters but {config_path.name} says "
                 f"num_clusters={config['num_clusters']}; the files do not belong together"
             )
+        for key, kind in (("method", str), ("source_tokenizer", str), ("codebook_fingerprint", str), ("quality", dict)):
+            if config.get(key) is not None and not isinstance(config[key], kind):
+                raise ClusterMapError(f"{config_path}: {key!r} must be a {kind.__name__} or null, got {config[key]!r:.80}; re-save the map")
+        # every released save_pretrained records both: without them nothing shows the files belong together
+        missing = [key for key in ("tensors_sha256", "fingerprint") if not isinstance(config.get(key), str)]
+        if missing:
+            raise ClusterMapError(
+                f"{config_path} lacks {' and '.join(repr(key) for key in missing)}, which every save_pretrained "
+                f"writes, so {tensors_path.name} cannot be checked against it: the config was edited or written by "
+                "another tool. Rebuild the map (masc-hf build-map), or re-save one you trust with save_pretrained"
+            )
         cluster_map = cls(
             mapping,
             tree=tensors.get("tree"),
@@ -518,7 +531,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             source_tokenizer=config.get("source_tokenizer"),
             quality=config.get("quality"),
         )
-        if config.get("fingerprint") not in (None, cluster_map.fingerprint):
+        if config["fingerprint"] != cluster_map.fingerprint:
             raise ClusterMapError(
                 f"{config_path.name} records map fingerprint {config['fingerprint'][:12]}... but the files give "
                 f"{cluster_map.fingerprint[:12]}...; the files do not belong together, re-save the map"
@@ -554,12 +567,14 @@ class MASCClusterMap(FeatureExtractionMixin):
 
     def model_card(self):
         """The README.md written beside the map, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/cluster_map.md``)."""
-        from ..model_cards import render_card
+        from ..model_cards import Markdown, escape_markdown, render_card
 
         summary = self.summary()
         quality = self.quality or {}
-        rows = "\n".join(f"| {key} | {_fmt(value)} |" for key, value in quality.items() if key not in summary)
-        rows = rows or "| (not computed) | |"
+        rows = "\n".join(
+            f"| {escape_markdown(key)} | {escape_markdown(_fmt(value))} |" for key, value in quality.items() if key not in summary
+        )
+        rows = Markdown(rows or "| (not computed) | |")
         return render_card(
             "cluster_map.md",
             method=self.method,

@@ -46,12 +46,25 @@ def as_codebook(codebook: Any, name: str = "codebook") -> np.ndarray:
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
         raise CodebookError(
-            f"{name} has {bad.size} row(s) with NaN or inf (token ids {shown}); "
+            f"{name} has {bad.size} row(s) with NaN or inf (token ids {_some_ids(bad)}); "
             "fix or drop those rows before clustering"
         )
+    # the fingerprint (and every tokenizer) stores float32: a value beyond its range would become inf there
+    with np.errstate(over="ignore"):
+        fits = np.isfinite(array.astype(np.float32)).all(axis=1)
+    if not fits.all():
+        bad = np.flatnonzero(~fits)
+        raise CodebookError(
+            f"{name} has {bad.size} row(s) with values beyond float32's range (largest |value| "
+            f"{np.abs(array[bad]).max():.3g} > {np.finfo(np.float32).max:.3g}; token ids {_some_ids(bad)}); a VQ codebook is "
+            "stored as float32: rescale the codebook or fix those rows"
+        )
     return array
+
+
+def _some_ids(ids: np.ndarray) -> str:
+    return ", ".join(map(str, ids[:10])) + (" ..." if ids.size > 10 else "")
 
 
 def l2_normalize(codebook: np.ndarray, eps: float = 1e-12) -> np.ndarray:

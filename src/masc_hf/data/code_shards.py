@@ -274,6 +274,24 @@ def finalize_code_shards(directory: str | os.PathLike) -> CodeShardManifest:
     return manifest
 
 
+def shard_file(directory: str | os.PathLike, shard: dict[str, Any]) -> Path:
+    """The file of a manifest's ``shard`` entry, which must name a file inside ``directory`` (the
+    extraction writes bare names there): a manifest naming ``../../etc/passwd``, an absolute path or
+    a symlink out of the folder is refused with :class:`DataError`."""
+    directory = Path(directory)
+    name = shard.get("file") if isinstance(shard, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{directory / MANIFEST_NAME} lists a shard without a file name ({shard!r:.100}); rerun the extraction")
+    path, root = directory / name, directory.resolve()
+    resolved = path.resolve()  # symlinks followed: a link out of the folder is refused too
+    if resolved == root or not resolved.is_relative_to(root):
+        raise DataError(
+            f"{directory / MANIFEST_NAME} names the shard file {name!r}, which is not inside {directory}; shard files "
+            "are read from the manifest's own folder only: fix the manifest or rerun the extraction"
+        )
+    return path
+
+
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     """``(header, data_start)`` of a safetensors file: the JSON header (tensor name -> dtype,
     shape, data_offsets relative to ``data_start``; ``"__metadata__"``) and the byte offset where
@@ -347,6 +365,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
         self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
         self.mmap = mmap
         self.epoch = 0
+        self._paths = [shard_file(self.directory, s) for s in self.manifest.shards]  # before any shard is read
         counts = [int(s["num_examples"]) for s in self.manifest.shards]
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._shards: list[tuple[np.ndarray, np.ndarray]] | None = None
@@ -410,7 +429,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
     def _load(self) -> list[tuple[np.ndarray, np.ndarray]]:
         # opened lazily, so each DataLoader worker maps the files itself
         if self._shards is None:
-            self._shards = [self._open(self.directory / s["file"], s) for s in self.manifest.shards]
+            self._shards = [self._open(path, s) for path, s in zip(self._paths, self.manifest.shards)]
         return self._shards
 
     def _open(self, path: Path, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

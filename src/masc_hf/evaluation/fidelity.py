@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,9 +30,11 @@ __all__ = [
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_URL",
+    "INCEPTION_WEIGHTS_SHA256_PREFIX",
     "InceptionWeightsError",
     "calculate_metrics",
     "default_inception_weights_path",
+    "load_inception_weights",
     "resolve_inception_weights",
     "save_statistics",
 ]
@@ -41,6 +44,11 @@ __all__ = [
 INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_ENV = "MASC_INCEPTION_WEIGHTS"
+# torch-fidelity publishes no full hash of the file; torch hub's naming convention (which
+# torch.hub.load_state_dict_from_url(check_hash=True) checks) makes the 8 hex digits of the name the
+# start of its sha256. Tests with stand-in weights set this to their file's sha256 (no API turns it off).
+INCEPTION_WEIGHTS_SHA256_PREFIX = "6726825d"
+_GET_WEIGHTS = f"use {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL}"
 FEATURE_EXTRACTOR = "inception-v3-compat"
 POOL = "2048"  # pool3 features: FID, KID, Precision/Recall
 LOGITS = "logits_unbiased"  # IS
@@ -97,18 +105,55 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> str:
     )
 
 
-def _feature_extractor(weights: str, layers: list[str], cuda: bool, progress: bool):
-    """torch-fidelity's InceptionV3 with ``weights``, giving ``layers``; on the GPU if ``cuda``."""
+def load_inception_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in the Inception weights file ``path``, checked before anything unpickles it:
+    its sha256 must start with :data:`INCEPTION_WEIGHTS_SHA256_PREFIX` (torch-fidelity's file), and
+    it is read with ``torch.load(weights_only=True)`` (tensors only, never code). torch-fidelity
+    loads its weights with ``weights_only=False``, so it is never given the file itself.
+
+    Raises:
+        InceptionWeightsError: another file, one that is not a plain state dict, or an unreadable one.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()  # read once: what is checked is what is loaded
+    except OSError as err:
+        raise InceptionWeightsError(f"cannot read the Inception weights {path} ({err}); {_GET_WEIGHTS}") from err
+    digest = hashlib.sha256(data).hexdigest()
+    if not digest.startswith(INCEPTION_WEIGHTS_SHA256_PREFIX):
+        raise InceptionWeightsError(
+            f"{path} is not torch-fidelity's Inception weights file {INCEPTION_WEIGHTS_FILE}: its sha256 is "
+            f"{digest[:16]}..., but that file's starts with {INCEPTION_WEIGHTS_SHA256_PREFIX} (the digits in its name). "
+            f"FID and IS are only comparable with that exact file: {_GET_WEIGHTS}"
+        )
+    try:
+        state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for anything but tensors, or a broken archive
+        raise InceptionWeightsError(
+            f"{path} cannot be loaded as plain tensors with torch.load(weights_only=True) ({type(err).__name__}: "
+            f"{str(err)[:200]}); it is refused unread. {_GET_WEIGHTS}"
+        ) from err
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InceptionWeightsError(f"{path} does not hold a state dict (name -> tensor); {_GET_WEIGHTS}")
+    return state_dict
+
+
+def _feature_extractor(state_dict: dict[str, torch.Tensor], layers: list[str], cuda: bool, progress: bool):
+    """torch-fidelity's InceptionV3 with the checked ``state_dict`` (:func:`load_inception_weights`),
+    giving ``layers``; on the GPU if ``cuda``."""
     from torch_fidelity.utils import create_feature_extractor
 
+    buffer = io.BytesIO()  # torch-fidelity unpickles only what we serialise here from plain tensors
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
     try:  # on the CPU first, so that only the loading of the weights is caught here
         extractor = create_feature_extractor(
-            FEATURE_EXTRACTOR, layers, cuda=False, feature_extractor_weights_path=weights, verbose=progress
+            FEATURE_EXTRACTOR, layers, cuda=False, feature_extractor_weights_path=buffer, verbose=progress
         )
-    except Exception as err:  # torch.load (unpickling, zip) or load_state_dict (keys, shapes)
+    except Exception as err:  # load_state_dict (keys, shapes)
         raise InceptionWeightsError(
-            f"{weights} cannot be loaded as torch-fidelity's InceptionV3 weights ({type(err).__name__}: {str(err)[:300]}); "
-            f"use {INCEPTION_WEIGHTS_FILE} from {INCEPTION_WEIGHTS_URL}"
+            f"the weights cannot be loaded into torch-fidelity's InceptionV3 ({type(err).__name__}: {str(err)[:300]}); "
+            f"{_GET_WEIGHTS}"
         ) from err
     return extractor.cuda() if cuda else extractor
 
@@ -360,6 +405,7 @@ def calculate_metrics(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise FidelityError(f"{name} must be a positive int, got {value!r}")
     weights = resolve_inception_weights(inception_weights)
+    state_dict = load_inception_weights(weights)
     device = _resolve_device(device)
     _import_torch_fidelity()
 
@@ -379,6 +425,11 @@ def calculate_metrics(
             f"{src.name} holds {w}x{h} images but the reference {ref.name} holds {rw}x{rh} images; LlamaGen resizes "
             f"samples to the reference's size before evaluating. Resize them, or pass expected_size=({h}, {w}) to "
             "evaluate them at this size anyway"
+        )
+    if isc and src.count < isc_splits:  # torch-fidelity would average empty splits: IS NaN
+        raise FidelityError(
+            f"{src.name} holds {src.count} images, fewer than the Inception Score's isc_splits={isc_splits} splits; "
+            f"evaluate at least {isc_splits} images, or pass isc_splits={src.count} or fewer"
         )
     if src.count is not None and src.count < 2 and (fid or prc):
         raise SampleError(f"{src.name} holds {src.count} image; FID and precision/recall need at least 2")
@@ -403,7 +454,7 @@ def calculate_metrics(
     ref_needs_images = prc or kid or (fid and ref.mu is None)
     cuda = device.type == "cuda"
     with torch.cuda.device(device) if cuda and device.index is not None else contextlib.nullcontext():
-        extractor = _feature_extractor(weights, layers, cuda, progress)  # loads (so checks) the weights first
+        extractor = _feature_extractor(state_dict, layers, cuda, progress)
         options = dict(batch_size=batch_size, cuda=cuda, progress=progress, cache_dir=cache_dir)
         sample_features = _extract(src, extractor, weights, **options)
         ref_features = _extract(ref, extractor, weights, **options) if ref_needs_images else None
@@ -457,6 +508,7 @@ def save_statistics(
     if path.suffix != ".npz":
         raise FidelityError(f"{path} does not end in .npz; name the statistics file e.g. {path.name}.npz")
     weights = resolve_inception_weights(inception_weights)
+    state_dict = load_inception_weights(weights)
     device = _resolve_device(device)
     _import_torch_fidelity()
     src = _describe(source, "source", expected_count=expected_count, expected_size=expected_size)
@@ -466,7 +518,7 @@ def save_statistics(
 
     cuda = device.type == "cuda"
     with torch.cuda.device(device) if cuda and device.index is not None else contextlib.nullcontext():
-        extractor = _feature_extractor(weights, [POOL], cuda, progress)
+        extractor = _feature_extractor(state_dict, [POOL], cuda, progress)
         features = _extract(src, extractor, weights, batch_size=batch_size, cuda=cuda, progress=progress, cache_dir=None)
     stats = fid_features_to_statistics(features[POOL])
     with atomic_file(path) as handle:

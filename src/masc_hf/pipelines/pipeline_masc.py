@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, VQModel
 from diffusers.image_processor import VaeImageProcessor
 
-from .._io import write_text_atomic
+from .._io import foreign_entries, staged_dir
 from ..clustering import MASCClusterMap
 from ..errors import MASCError
 from ..models import LlamaGenForImageGeneration
@@ -183,10 +183,31 @@ class MASCPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     # ------------------------------------------------------------------ saving
+    _OWN_FILES = frozenset({"model_index.json", "README.md", ".gitattributes", "transformer", "vqvae", "cluster_map"})
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
-        """diffusers' save (one folder per component + model_index.json) plus a model card."""
-        super().save_pretrained(save_directory, **kwargs)
-        write_text_atomic(Path(save_directory) / "README.md", str(self.model_card()))
+        """diffusers' save (one folder per component + model_index.json) plus a model card, written
+        atomically (a staging directory renamed into place): an interrupted save leaves
+        ``save_directory`` as it was. An existing directory is replaced only if it holds nothing but
+        a pipeline's files. ``push_to_hub=True`` then uploads it (see :meth:`push_to_hub`)."""
+        target = Path(save_directory)
+        push = kwargs.pop("push_to_hub", False)
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr") if key in kwargs}
+        if target.exists():
+            if not target.is_dir():
+                raise MASCError(f"{target} exists and is not a directory; choose a directory path")
+            foreign = foreign_entries(target, self._OWN_FILES)
+            if foreign:
+                raise MASCError(
+                    f"{target} holds files that are not part of a pipeline ({', '.join(foreign[:5])}); "
+                    "save into an empty or new directory"
+                )
+        with staged_dir(target) as staging:
+            super().save_pretrained(staging, **kwargs)
+            (staging / "README.md").write_text(str(self.model_card()), encoding="utf-8")
+        if push:
+            repo_id = hub_options.pop("repo_id", target.name)
+            self.push_to_hub(repo_id, **hub_options)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None, token=None, create_pr: bool = False, **kwargs):
         """Save the pipeline (with its card) and upload it to the Hub repo ``repo_id``."""
@@ -203,7 +224,7 @@ class MASCPipeline(DiffusionPipeline):
     def model_card(self):
         """The README.md written beside the pipeline, a ``huggingface_hub.ModelCard`` (template: ``masc_hf/model_cards/pipeline.md``)."""
         from .._version import __version__
-        from ..model_cards import render_card
+        from ..model_cards import Markdown, escape_markdown, render_card
 
         config = self.transformer.config
         cmap = self.cluster_map
@@ -219,8 +240,8 @@ class MASCPipeline(DiffusionPipeline):
             num_layers=config.num_hidden_layers,
             num_parameters=f"{sum(p.numel() for p in self.transformer.parameters()):,}",
             guidance_scale=self.transformer.generation_config.guidance_scale,
-            cluster_map=(
-                f"`{cmap.method}` map, N={cmap.num_tokens} -> k={cmap.num_clusters}, fingerprint `{cmap.fingerprint[:16]}`"
+            cluster_map=Markdown(  # the method is a map's free text: escaped; the fingerprint is our hex digest
+                f"{escape_markdown(cmap.method)} map, N={cmap.num_tokens} -> k={cmap.num_clusters}, fingerprint `{cmap.fingerprint[:16]}`"
                 if cmap is not None
                 else "none (flat vocabulary)"
             ),

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CheckpointError
 from .._checkpoints import read_state_dict
-from .._io import staged_dir
+from .._io import check_output_dir, staged_dir
 from .codebook import CODEBOOK_KEY, LLAMAGEN_VQ_WRAPPERS, VQMODEL_WEIGHTS_NAME, l2_normalize_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 GROUPNORM_GROUPS = 32  # LlamaGen's GroupNorm and diffusers' norm_num_groups
 # Buffers of the original state dict that inference never reads.
 DROPPED_KEYS = frozenset({"quantize.codebook_used"})
+# What a conversion writes: all that overwrite=True may replace.
+VQMODEL_FILES = frozenset({"config.json", VQMODEL_WEIGHTS_NAME})
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +386,7 @@ def convert_llamagen_vq(
     ``out_dir`` receives ``config.json`` and ``diffusion_pytorch_model.safetensors`` and loads
     with ``diffusers.VQModel.from_pretrained(out_dir)``. The directory is written under a
     temporary name beside it and renamed when complete, so a failed run leaves nothing behind.
+    ``overwrite`` replaces a previous conversion; a directory holding other files is refused.
     ``config``: see :func:`resolve_vq_config` (default VQ-16). ``sample_size`` is the image size
     recorded in the config (informational). Returns ``out_dir``.
 
@@ -396,15 +399,13 @@ def convert_llamagen_vq(
 
     config = resolve_vq_config(config)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CheckpointError(f"output {out_dir} already exists and is not an empty directory; choose another --out or pass --overwrite")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"output {out_dir} is a file, not a directory; choose another --out")
+    check_output_dir(out_dir, VQMODEL_FILES, overwrite=overwrite, error=CheckpointError)
 
     converted = convert_llamagen_vq_state_dict(load_llamagen_state_dict(checkpoint), config)
     with staged_dir(out_dir) as staging:
         save_file(converted, staging / VQMODEL_WEIGHTS_NAME, metadata={"format": "pt"})
         empty_vqmodel(config, sample_size=sample_size).save_config(staging)
+        check_output_dir(out_dir, VQMODEL_FILES, overwrite=overwrite, error=CheckpointError)  # again: it may have changed meanwhile
     logger.info("wrote diffusers VQModel (%s, %d tensors) to %s", _describe(config), len(converted), out_dir)
     return out_dir
 

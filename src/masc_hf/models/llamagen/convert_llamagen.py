@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..._checkpoints import read_state_dict
-from ..._io import staged_dir
+from ..._io import check_output_dir, staged_dir
 from ...errors import CheckpointError
 from .configuration_llamagen import LlamaGenConfig
 from .modeling_llamagen import LlamaGenForImageGeneration, default_generation_config
@@ -47,6 +47,8 @@ _KEY_RULES: list[tuple[re.Pattern[str], str]] = [
 _IGNORED_KEYS = re.compile(r"^(freqs_cis|causal_mask|layers\.\d+\.attention\.kv_cache\.[kv]_cache)$")
 # Our keys whose size is the vocabulary (re-initialised when starting a MASC model).
 VOCABULARY_KEYS = ("embed_tokens.weight", "lm_head.weight")
+# What a conversion writes: all that overwrite=True may replace.
+MODEL_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors"})
 _STATE_DICT_KEYS = ("model", "ema", "module", "state_dict")
 
 
@@ -153,15 +155,14 @@ def convert_llamagen_checkpoint(
             MASC model instead (non-vocabulary weights copied, embedding and head re-initialised at k).
         state_dict_key: entry of a ``.pt`` dict holding the weights (default: model, ema, module).
         dtype: cast floating weights (e.g. ``torch.bfloat16``); default keeps the checkpoint's.
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace a previous conversion in ``out_dir`` (a directory holding other files is refused).
         seed: seed of the re-initialised MASC embedding.
 
     Returns:
         ``out_dir`` as a Path.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CheckpointError(f"output directory {str(out_dir)!r} already exists and is not empty; pass overwrite=True (--overwrite) or another --out")
+    check_output_dir(out_dir, MODEL_FILES, overwrite=overwrite, error=CheckpointError)
     if config.is_masc:
         raise CheckpointError(
             "the config already describes a MASC model; convert with the flat config (vocab_size = codebook size) "
@@ -213,8 +214,7 @@ def _write_atomically(out_dir: Path, config: LlamaGenConfig, weights: dict[str, 
         config.save_pretrained(staging)
         default_generation_config(config).save_pretrained(staging)
         save_file({key: value.contiguous() for key, value in weights.items()}, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-            raise CheckpointError(f"output directory {str(out_dir)!r} appeared while converting; pass overwrite=True")
+        check_output_dir(out_dir, MODEL_FILES, overwrite=overwrite, error=CheckpointError)  # again: it may have changed meanwhile
 
 
 def load_config_file(path: str | os.PathLike) -> LlamaGenConfig:
