@@ -45,6 +45,14 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def publish_dir(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Give a finished staging directory (one made beside ``target`` under this module's name
+    pattern, e.g. by several processes writing one checkpoint) the usual permissions, then move it
+    onto ``target`` (see :func:`replace_dir`)."""
+    _usual_permissions(Path(staging))
+    replace_dir(Path(staging), Path(target))
+
+
 @contextmanager
 def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging directory beside ``target``; when the block ends normally it and all

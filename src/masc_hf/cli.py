@@ -291,7 +291,7 @@ def _register_convert_llamagen(subparsers) -> None:
     p.add_argument("--cluster-map", help="cluster-map directory: write the starting point of a MASC model at its k")
     p.add_argument("--state-dict-key", help="entry of the .pt dict holding the weights (default: model, ema, module)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast the weights (default: keep)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous conversion in --out (a directory with other files is refused)")
     p.set_defaults(func=_run_convert_llamagen)
 
 
@@ -329,7 +329,7 @@ def _register_convert_vq(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="original .pt (read with weights_only) or .safetensors state dict")
     p.add_argument("--config", metavar="FILE", help="architecture JSON (like fixtures/llamagen/vq/config.json) or a preset: VQ-16, VQ-8 (default: VQ-16)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory; loads with diffusers.VQModel.from_pretrained")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DIR (a directory with other files is refused)")
 
     def run(args) -> int:
         from .vq.convert_llamagen import convert_llamagen_vq

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._io import replace_dir, staged_dir, write_text_atomic
+from .._io import clean_leftovers, publish_dir, staged_dir, write_text_atomic
 from ..errors import MASCError
 from ..models.ar import prediction_entropy
 
@@ -866,10 +866,11 @@ def _save_checkpoint(
     target = output_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
     staging = [None]
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         import tempfile
 
-        staging = [tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=output_dir)]
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(target)  # staging directories of this checkpoint left by a killed run
+        staging = [tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=output_dir)]  # _io's name pattern
     if accelerator.num_processes > 1:
         broadcast_object_list(staging)
     tmp = Path(staging[0])
@@ -885,7 +886,7 @@ def _save_checkpoint(
             "time": time.time(), "total_steps": total_steps, "run": record, "files": files,
         }
         write_text_atomic(tmp / STATE_NAME, json.dumps(saved, indent=2) + "\n")
-        replace_dir(tmp, target)
+        publish_dir(tmp, target)  # usual permissions, then the rename
         # only this run's checkpoints rotate: a later one left by an abandoned run is replaced when reached
         done = [p for p in _checkpoints(output_dir) if _step_of(p) <= state.global_step and (p / STATE_NAME).is_file()]
         for old in done[: max(len(done) - keep, 0)]:
