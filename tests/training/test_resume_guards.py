@@ -337,3 +337,28 @@ def test_flat_model_records_its_tokenizer_and_every_pairing_is_checked_first(tin
     check_model_fits_vq(fitting["model"], vq)
     summary = train(**fitting, vqvae=vq)
     assert summary["pipeline_dir"] is not None and Path(summary["pipeline_dir"], "model_index.json").is_file()
+
+
+def test_checkpoints_get_the_usual_permissions_and_a_killed_runs_staging_is_cleaned(tiny_run, tmp_path):
+    """A checkpoint is staged under _io's name pattern by every process, then published like every
+    other output: 0755 directories and 0644 files under umask 022, and a staging directory a killed
+    run left for the same checkpoint is removed."""
+    import os
+    import stat
+
+    from masc_hf.training import train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    leftover = out / ".checkpoint-2.abcd1234.tmp"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    old_mask = os.umask(0o022)
+    try:
+        train(**tiny_run(out, max_steps=2))
+    finally:
+        os.umask(old_mask)
+    checkpoint = out / "checkpoint-2"
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in checkpoint.rglob("*") if p.is_file()} == {0o644}
+    assert not leftover.exists()
