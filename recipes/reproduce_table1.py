@@ -28,6 +28,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from masc_hf.cli import OneLineParser, run_reporting_user_errors
+from masc_hf.errors import MASCError
+
 logger = logging.getLogger("reproduce_table1")
 
 METHODS = ("flat", "kmeans", "kmeans++", "centroid", "masc")
@@ -72,7 +75,7 @@ def prepare(settings: Table1Settings) -> dict:
     from masc_hf.vq import export_codebook
 
     if settings.dataset != "fashion-mnist":
-        raise SystemExit(f"--dataset {settings.dataset!r} is not supported here; use fashion-mnist")
+        raise MASCError(f"--dataset {settings.dataset!r} is not supported here; use fashion-mnist")
     work = Path(settings.workdir)
     work.mkdir(parents=True, exist_ok=True)
     prepared = prepare_tokenizer_and_codes(work, QuickstartSettings(), progress=True, reuse=True)
@@ -187,7 +190,7 @@ def run_one(settings: Table1Settings, shared: dict, method: str, seed: int) -> d
         cached = result.get("run_settings", {"steps": result["steps"]})
         wanted = {k: v for k, v in _run_settings(settings).items() if k in cached}
         if cached != wanted:
-            raise SystemExit(f"{run_dir} holds a finished run with other settings ({cached} vs {wanted}); use another --workdir")
+            raise MASCError(f"{run_dir} holds a finished run with other settings ({cached} vs {wanted}); use another --workdir")
         return result
     map_dir = shared["maps"].get((method, seed)) if method != "flat" else None
     cluster_map = MASCClusterMap.from_pretrained(map_dir) if map_dir else None
@@ -403,8 +406,18 @@ def _plot(settings: Table1Settings, by_method: dict[str, list[dict]], out: Path)
 
 
 # ------------------------------------------------------------------------------ main
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise MASCError(f"--seeds {text!r}: pass comma-separated non-negative integers, e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0:
+        raise MASCError(f"--seeds {text!r}: pass comma-separated non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--workdir", default=Table1Settings.workdir)
     parser.add_argument("--results-dir", default=Table1Settings.results_dir)
@@ -422,14 +435,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Table1Settings(
         dataset=args.dataset, workdir=args.workdir, results_dir=args.results_dir, methods=tuple(args.methods.split(",")),
-        seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, eval_every=args.eval_every,
+        seeds=_seeds(args.seeds), steps=args.steps, eval_every=args.eval_every,
         eval_per_class=args.eval_per_class, workers=args.workers, num_clusters=args.num_clusters, hidden_size=args.hidden_size,
         num_layers=args.num_layers, num_heads=args.num_heads, batch_size=args.batch_size, learning_rate=args.learning_rate,
         guidance_scale=args.guidance_scale, tag=args.tag,
     )
     unknown = set(settings.methods) - set(METHODS)
     if unknown or "flat" not in settings.methods:
-        raise SystemExit(f"--methods must include flat and come from {list(METHODS)}; got {sorted(settings.methods)}")
+        raise MASCError(f"--methods must include flat and come from {list(METHODS)}; got {sorted(settings.methods)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.perf_counter()
     shared = prepare(settings)
@@ -473,4 +486,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_user_errors("reproduce_table1.py", main))

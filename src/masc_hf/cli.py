@@ -205,7 +205,12 @@ def _run_build_map(args) -> int:
     from .clustering import build_cluster_map
     from .vq.codebook import load_codebook
 
-    check_output_directory(args.out)  # before any long work
+    from ._io import check_output_dir
+    from .clustering import MASCClusterMap
+    from .errors import ClusterMapError
+
+    check_output_directory(args.out)  # before any long work: writable, and holding no one else's files
+    check_output_dir(args.out, MASCClusterMap._OWN_FILES, overwrite=True, error=ClusterMapError)
     if args.push_to_hub:
         check_hub_repo_id(args.push_to_hub)
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)

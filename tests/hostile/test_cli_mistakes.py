@@ -27,6 +27,8 @@ def work(tmp_path_factory, llamagen_fixtures):
     np.save(root / "flat.npy", np.zeros(8))
     (root / "list.json").write_text("[1, 2]")
     (root / "a_file").write_text("not a directory")
+    (root / "busy").mkdir()
+    (root / "busy" / "notes.txt").write_text("someone else's file")
     from masc_hf.vq.convert_llamagen import convert_llamagen_vq
 
     convert_llamagen_vq(llamagen_fixtures / "vq" / "model.safetensors", root / "vq", config=llamagen_fixtures / "vq" / "config.json")
@@ -39,6 +41,7 @@ CASES = [
     ("build-map --codebook {w}/cb.npy --k 8 --out /proc/masc-map", "/proc"),
     ("build-map --codebook {w}/cb.npy --k 8 --out {w}/a_file/map", "a_file"),
     ("build-map --codebook {w}/cb.npy --k 8 --out {w}/cb.npy", "is a file"),
+    ("build-map --codebook {w}/cb.npy --k 8 --out {w}/busy", "notes.txt"),
     ("build-map --codebook {w}/flat.npy --k 2 --out {w}/m", "2-D"),
     ("build-map --codebook {w}/missing.npy --k 2 --out {w}/m", "missing.npy"),
     ("build-map --codebook {w}/cb.npy --k 8 --seed -1 --method kmeans --out {w}/m", "-1"),
@@ -96,6 +99,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, work, capsys):
         ("sample.py", ["--pipeline", "{w}/no-pipeline", "--out", "{w}/samples"], "no-pipeline"),
         ("sample.py", ["--pipeline", "{w}/no-pipeline", "--out", "{w}/a_file/samples"], "a_file"),
         ("extract_codes.py", ["--data", "{w}/images", "--vq", "{w}/no-vq", "--out", "{w}/codes", "--cpu"], "no-vq"),
+        ("reproduce_table1.py", ["--seeds", "-1", "--workdir", "{w}/table1"], "--seeds"),
     ],
 )
 def test_recipes_report_a_mistake_in_one_line(work, script, args, named):
