@@ -122,6 +122,19 @@ def foreign_entries(directory: str | os.PathLike, own: set[str] | frozenset[str]
     return sorted(entry.name for entry in Path(directory).iterdir() if entry.name not in own)
 
 
+def refuse_foreign_files(target: str | os.PathLike, own: set[str] | frozenset[str], what: str, error: type[Exception]) -> None:
+    """Raise ``error`` if ``target`` exists as a file, or as a directory holding entries other than
+    ``own`` (a save replaces the whole directory: it must not delete anyone else's files)."""
+    target = Path(target)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise error(f"{target} exists and is not a directory; choose a directory path")
+    foreign = foreign_entries(target, own)
+    if foreign:
+        raise error(f"{target} holds files that are not part of {what} ({', '.join(foreign[:5])}); save into an empty or new directory")
+
+
 def check_output_dir(target: str | os.PathLike, own: set[str] | frozenset[str], *, overwrite: bool, error: type[Exception]) -> None:
     """Raise ``error`` unless ``target`` may be written (replaced) by a writer whose output is the
     names ``own``: it is new or empty, or ``overwrite`` is set and it holds nothing but ``own``

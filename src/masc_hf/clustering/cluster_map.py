@@ -17,7 +17,7 @@ import numpy as np
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from .._version import __version__
-from .._io import foreign_entries, staged_dir
+from .._io import refuse_foreign_files, staged_dir
 from ..errors import ClusterMapError, ClusterMapMismatchError, MASCError
 from .codebook import as_codebook, codebook_fingerprint, fingerprint_of_valid
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, cut_linkage, run_method
@@ -407,15 +407,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         from safetensors.numpy import save_file
 
         target = Path(save_directory)
-        if target.exists():
-            if not target.is_dir():
-                raise ClusterMapError(f"{target} exists and is not a directory; choose a directory path")
-            foreign = foreign_entries(target, self._OWN_FILES)
-            if foreign:
-                raise ClusterMapError(
-                    f"{target} holds files that are not part of a cluster map ({', '.join(foreign[:5])}); "
-                    "save into an empty or new directory"
-                )
+        refuse_foreign_files(target, self._OWN_FILES, "a cluster map", ClusterMapError)
         with staged_dir(target) as tmp:
             tensors = {"mapping": self.mapping}
             if self.tree is not None:

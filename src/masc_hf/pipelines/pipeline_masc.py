@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, VQModel
 from diffusers.image_processor import VaeImageProcessor
 
-from .._io import foreign_entries, staged_dir
+from .._io import refuse_foreign_files, staged_dir
 from ..clustering import MASCClusterMap
 from ..errors import MASCError
 from ..models import LlamaGenForImageGeneration
@@ -193,15 +193,7 @@ class MASCPipeline(DiffusionPipeline):
         target = Path(save_directory)
         push = kwargs.pop("push_to_hub", False)
         hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr") if key in kwargs}
-        if target.exists():
-            if not target.is_dir():
-                raise MASCError(f"{target} exists and is not a directory; choose a directory path")
-            foreign = foreign_entries(target, self._OWN_FILES)
-            if foreign:
-                raise MASCError(
-                    f"{target} holds files that are not part of a pipeline ({', '.join(foreign[:5])}); "
-                    "save into an empty or new directory"
-                )
+        refuse_foreign_files(target, self._OWN_FILES, "a pipeline", MASCError)
         with staged_dir(target) as staging:
             super().save_pretrained(staging, **kwargs)
             (staging / "README.md").write_text(str(self.model_card()), encoding="utf-8")

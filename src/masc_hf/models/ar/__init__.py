@@ -4,7 +4,7 @@ and the guidance combination."""
 
 from .cache import StaticKVCache
 from .guidance import classifier_free_guidance, guidance_rows
-from .layers import Attention, DecoderLayer, DropPath, RMSNorm, SwiGLU
+from .layers import Attention, DecoderLayer, DropPath, RMSNorm, SwiGLU, run_layers
 from .rope import RotaryEmbedding2D, apply_rope_2d, rope_2d_table
 from .sampling import (
     check_sampling_options,
@@ -34,5 +34,6 @@ __all__ = [
     "per_image_uniforms",
     "prediction_entropy",
     "rope_2d_table",
+    "run_layers",
     "sample_next_token",
 ]

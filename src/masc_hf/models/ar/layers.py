@@ -121,6 +121,18 @@ class Attention(nn.Module):
         return self.resid_dropout(self.o_proj(output))
 
 
+def run_layers(
+    layers, hidden_states: torch.Tensor, rotary_emb, positions: torch.Tensor, cache: StaticKVCache | None = None
+) -> torch.Tensor:
+    """``hidden_states`` ``[B, S, hidden]`` through ``layers`` at ``positions`` ``[S]``: causal over the
+    sequence, or written to and attending over ``cache`` when one is given."""
+    cos, sin = rotary_emb(positions)
+    mask = cache.attention_mask(positions) if cache is not None else None
+    for layer in layers:
+        hidden_states = layer(hidden_states, cos, sin, cache, positions, mask)
+    return hidden_states
+
+
 class DecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)), each branch under drop path."""
 

@@ -32,6 +32,7 @@ from ..ar import (
     classifier_free_guidance,
     guidance_rows,
     per_image_uniforms,
+    run_layers,
     sample_next_token,
 )
 from .configuration_llamagen import LlamaGenConfig
@@ -247,10 +248,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
 
     def _decoder(self, hidden_states: torch.Tensor, cache_position: torch.Tensor, cache: StaticKVCache | None = None) -> torch.Tensor:
         """Run the layers on ``hidden_states`` ``[B, S, hidden]`` at ``cache_position`` ``[S]``; return logits (float32)."""
-        cos, sin = self.rotary_emb(cache_position)
-        mask = cache.attention_mask(cache_position) if cache is not None else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, cos, sin, cache, cache_position, mask)
+        hidden_states = run_layers(self.layers, hidden_states, self.rotary_emb, cache_position, cache)
         return self.lm_head(self.norm(hidden_states)).float()
 
     # ---- training / scoring / one generation step ----------------------------------------------

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from ...clustering import check_cluster_map
 from ...errors import ModelInputError
-from ..ar import DecoderLayer, RMSNorm, RotaryEmbedding2D, StaticKVCache
+from ..ar import DecoderLayer, RMSNorm, RotaryEmbedding2D, StaticKVCache, run_layers
 from .configuration_refiner import MASCRefinerConfig
 
 try:  # transformers >= 5: init functions that leave already-loaded weights alone
@@ -135,11 +135,7 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
 
     def _decoder(self, inputs: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache | None = None) -> torch.Tensor:
         """Run the layers on ``inputs`` ``[B, S, hidden]`` at ``positions`` ``[S]``; unmasked float32 logits ``[B, S, N]``."""
-        cos, sin = self.rotary_emb(positions)
-        mask = cache.attention_mask(positions) if cache is not None else None
-        for layer in self.layers:
-            inputs = layer(inputs, cos, sin, cache, positions, mask)
-        return self.lm_head(self.norm(inputs)).float()
+        return self.lm_head(self.norm(run_layers(self.layers, inputs, self.rotary_emb, positions, cache))).float()
 
     # ---- training / scoring ----------------------------------------------------------------------
     def forward(
