@@ -44,7 +44,7 @@ def generate_without_cache(model: LlamaGenForImageGeneration, labels: torch.Tens
     for step in range(model.config.block_size):
         prefix = tokens[:, :step].repeat(rows.shape[0] // batch, 1)
         hidden = torch.cat([class_embeds, model.embed_tokens(prefix)], dim=1)
-        logits = model._decoder(hidden, torch.arange(hidden.shape[1], device=hidden.device))[:, -1]
+        logits = model._decoder(hidden, torch.arange(hidden.shape[1], device=hidden.device))[0][:, -1]
         if guided:
             logits = logits[batch:] + guidance_scale * (logits[:batch] - logits[batch:])
         tokens[:, step] = torch.multinomial(logits.softmax(-1), 1)[:, 0]

@@ -254,3 +254,46 @@ def test_bad_configs_are_refused(fields, message):
     with pytest.raises(ModelConfigError, match=message):
         tiny_config(**fields)
     assert issubclass(ModelConfigError, MASCError)
+
+
+# ---------------------------------------------------------------------------------------------- hierarchical decoding in generate
+
+
+@pytest.fixture
+def trained_looking_refiner(masc_model, tiny_cluster_map):
+    from masc_hf.models.refiner import MASCRefiner, MASCRefinerConfig
+
+    torch.manual_seed(1)
+    refiner = MASCRefiner(MASCRefinerConfig.for_backbone(masc_model, hidden_size=32, num_attention_heads=2), cluster_map=tiny_cluster_map)
+    torch.nn.init.normal_(refiner.lm_head.weight, std=0.5)  # a head that prefers some members
+    return refiner.eval()
+
+
+def test_hierarchical_generate_refines_the_random_paths_cluster_ids(masc_model, tiny_cluster_map, trained_looking_refiner):
+    """With per-image generators the cluster ids are those of random-member decoding (the first
+    block_size uniforms); the refiner then picks a member of each."""
+    seeds = (3, 4, 5)
+    coarse = masc_model.generate([1, 2, 3], guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    fine = masc_model.generate([1, 2, 3], guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in seeds], refiner=trained_looking_refiner)
+    assert fine.shape == coarse.shape and int(fine.max()) < tiny_cluster_map.num_tokens
+    assert torch.equal(tiny_cluster_map.encode(fine), coarse)
+    compiled = masc_model.generate(
+        [1, 2, 3], guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in seeds], refiner=trained_looking_refiner, compile=True
+    )
+    assert torch.equal(compiled, fine)
+    greedy = masc_model.generate([1, 2], top_k=1, temperature=0, refiner=trained_looking_refiner)
+    assert torch.equal(greedy, masc_model.generate([1, 2], top_k=1, temperature=0, refiner=trained_looking_refiner))
+
+
+def test_hierarchical_generate_refuses_a_refiner_that_does_not_belong(masc_model, tiny_config, trained_looking_refiner):
+    from masc_hf.errors import ClusterMapMismatchError, ModelInputError
+    from masc_hf.models import LlamaGenForImageGeneration
+    from masc_hf.models.refiner import MASCRefiner, MASCRefinerConfig
+
+    with pytest.raises(ModelInputError, match="flat"):
+        LlamaGenForImageGeneration(tiny_config).generate([1], refiner=trained_looking_refiner)
+    other = MASCRefiner(MASCRefinerConfig.for_backbone(masc_model, hidden_size=32, num_attention_heads=2, cluster_map_fingerprint="0" * 64))
+    with pytest.raises(ClusterMapMismatchError, match="cluster map"):
+        masc_model.generate([1], refiner=other)
+    with pytest.raises(ModelInputError, match="MASCRefiner"):
+        masc_model.generate([1], refiner=object())

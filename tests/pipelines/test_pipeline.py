@@ -237,3 +237,51 @@ def test_callback_on_step_end_sees_every_token(flat_pipe):
     assert steps == [(i, 1) for i in range(64)]
     with pytest.raises(MASCError, match="latents"):
         flat_pipe([1], callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
+
+
+# ---------------------------------------------------------------------------------------------- hierarchical decoding
+
+
+@pytest.fixture(scope="module")
+def refiner(parts):
+    from masc_hf.models.refiner import MASCRefiner, MASCRefinerConfig
+
+    torch.manual_seed(0)
+    config = MASCRefinerConfig.for_backbone(parts["masc"], hidden_size=32, num_attention_heads=2)
+    refiner = MASCRefiner(config, cluster_map=parts["cluster_map"])
+    torch.nn.init.normal_(refiner.lm_head.weight, std=0.5)
+    return refiner.eval()
+
+
+def test_hierarchical_decoding_through_the_pipeline(parts, refiner, tmp_path):
+    pipe = MASCPipeline(transformer=parts["masc"], vqvae=parts["vqvae"], cluster_map=parts["cluster_map"], refiner=refiner)
+    pipe.set_progress_bar_config(disable=True)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    hierarchical = pipe([0, 9], generator=gens(), decoding="hierarchical", output_type="pt").images
+    random_member = pipe([0, 9], generator=gens(), output_type="pt").images  # the default, as the paper
+    assert hierarchical.shape == random_member.shape == (2, 3, 128, 128)
+    assert not torch.equal(hierarchical, random_member)  # the refiner picks other members than the random draw
+    fine = parts["masc"].generate([0, 9], generator=gens(), refiner=refiner)
+    from masc_hf.vq.tokens import decode_ids
+
+    torch.testing.assert_close(hierarchical, ((decode_ids(parts["vqvae"], fine, 8) + 1) / 2).clamp(0, 1), atol=1e-6, rtol=0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = MASCPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.refiner is not None
+    torch.testing.assert_close(loaded([0, 9], generator=gens(), decoding="hierarchical", output_type="pt").images, hierarchical, atol=0, rtol=0)
+
+
+def test_hierarchical_decoding_bad_input(parts, refiner, masc_pipe):
+    with pytest.raises(MASCError, match="needs a refiner"):
+        masc_pipe([1], decoding="hierarchical")
+    with pytest.raises(MASCError, match="decoding 'greedy' does not exist"):
+        masc_pipe([1], decoding="greedy")
+    with pytest.raises(ClusterMapMismatchError, match="flat"):
+        MASCPipeline(transformer=parts["flat"], vqvae=parts["vqvae"], refiner=refiner)
+    other_map = build_cluster_map(load_codebook_from_vqmodel(parts["vqvae"]), 64, method="kmeans", compute_quality=False)
+    from masc_hf.models import LlamaGenConfig
+
+    masc_on_other = LlamaGenForImageGeneration(LlamaGenConfig(**{**parts["masc"].config.to_dict(), "cluster_map_fingerprint": other_map.fingerprint}))
+    with pytest.raises(ClusterMapMismatchError, match="refiner was trained"):
+        MASCPipeline(transformer=masc_on_other, vqvae=parts["vqvae"], cluster_map=other_map, refiner=refiner)

@@ -26,6 +26,7 @@ __all__ = [
     "check_maps_fit_tokenizer",
     "check_model_fits_vq",
     "check_pipeline_components",
+    "check_refiner_fits",
     "tokenizer_fingerprint",
 ]
 
@@ -120,8 +121,26 @@ def check_model_fits_vq(model: Any, vqvae: VQModel, fingerprint: str | None = No
         raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")
 
 
-def check_pipeline_components(transformer, vqvae, cluster_map) -> None:
-    """Everything :class:`~masc_hf.MASCPipeline` needs: types, map and model, model and VQ, map and VQ."""
+def check_refiner_fits(refiner, model: Any, cluster_map: MASCClusterMap | None, what: str = "the transformer") -> None:
+    """A refiner belongs to one MASC model (N, k, width, block size) and its cluster map (fingerprint)."""
+    from ..models.refiner import MASCRefiner
+
+    if not isinstance(refiner, MASCRefiner):
+        raise MASCError(f"refiner must be a MASCRefiner, got {type(refiner).__name__}")
+    if not _config(model).is_masc:
+        raise ClusterMapMismatchError(f"a refiner picks tokens inside clusters, but {what} is flat; drop refiner")
+    refiner.config.check_backbone(model, what=what)
+    expected = refiner.config.cluster_map_fingerprint
+    if cluster_map is not None and expected is not None and cluster_map.fingerprint != expected:
+        raise ClusterMapMismatchError(
+            f"the refiner was trained with cluster map {expected[:12]}... but the pipeline's map is {cluster_map.fingerprint[:12]}...; "
+            "use the refiner trained on this map"
+        )
+
+
+def check_pipeline_components(transformer, vqvae, cluster_map, refiner=None) -> None:
+    """Everything :class:`~masc_hf.MASCPipeline` needs: types, map and model, model and VQ, map and VQ,
+    and the refiner with the model and the map."""
     from diffusers import VQModel
 
     from ..models import LlamaGenForImageGeneration
@@ -134,3 +153,5 @@ def check_pipeline_components(transformer, vqvae, cluster_map) -> None:
     check_model_fits_vq(transformer, vqvae)
     if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
         check_map_fits_tokenizer(cluster_map, vqvae)
+    if refiner is not None:
+        check_refiner_fits(refiner, transformer, cluster_map)

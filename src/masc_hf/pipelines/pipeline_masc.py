@@ -24,6 +24,7 @@ from .pairing import check_pipeline_components
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+DECODINGS = ("random", "hierarchical")
 
 
 class MASCPipeline(DiffusionPipeline):
@@ -39,10 +40,15 @@ class MASCPipeline(DiffusionPipeline):
         cluster_map ([`MASCClusterMap`], *optional*): required for a MASC transformer, absent for a flat one.
         id2label (`dict[int, str]`, *optional*): class names; default ImageNet-1k's when the model
             has 1000 classes, else the transformer config's ``id2label``.
+        refiner ([`MASCRefiner`], *optional*): the refinement network of a MASC transformer, for
+            ``decoding="hierarchical"`` (the MASC paper's Appendix C.2). A pipeline component rather
+            than part of the transformer: it is trained after the main model, as in the paper, and a
+            MASC model directory stays what it was whether or not a refiner exists.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
-    _optional_components = ["cluster_map"]
+    _optional_components = ["cluster_map", "refiner"]
+    _exclude_from_cpu_offload = ["refiner"]  # called step by step inside generate, not through forward: kept on the device
     _callback_tensor_inputs = ["tokens"]
 
     def __init__(
@@ -51,10 +57,11 @@ class MASCPipeline(DiffusionPipeline):
         vqvae: VQModel,
         cluster_map: MASCClusterMap | None = None,
         id2label: dict | None = None,  # int -> name (JSON round trips give str keys)
+        refiner=None,
     ):
         super().__init__()
-        self.register_modules(transformer=transformer, vqvae=vqvae, cluster_map=cluster_map)
-        check_pipeline_components(transformer, vqvae, cluster_map)
+        self.register_modules(transformer=transformer, vqvae=vqvae, cluster_map=cluster_map, refiner=refiner)
+        check_pipeline_components(transformer, vqvae, cluster_map, refiner)
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             self.register_to_config(id2label=id2label)
@@ -101,6 +108,7 @@ class MASCPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         cfg_interval: int | None = None,
+        decoding: str = "random",
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -122,6 +130,9 @@ class MASCPipeline(DiffusionPipeline):
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (``[B, H, W, 3]`` float in
                 [0, 1]) or ``"pt"`` (``[B, 3, H, W]`` float in [0, 1]).
             return_dict: return an [`ImagePipelineOutput`] (else a one-element tuple).
+            decoding: how a MASC transformer's cluster ids become codebook ids: ``"random"`` (a uniform
+                random member, the paper's default) or ``"hierarchical"`` (the ``refiner`` picks the
+                member from the transformer's state; see ``LlamaGenForImageGeneration.generate``).
             callback_on_step_end: called after each token as ``callback_on_step_end(self, step,
                 step, callback_kwargs)`` with ``callback_kwargs["tokens"]`` the model ids so far
                 ``[B, block_size]`` (filled up to column ``step``), as diffusers pipelines call it.
@@ -144,6 +155,13 @@ class MASCPipeline(DiffusionPipeline):
             raise MASCError(f"output_type {output_type!r} does not exist; use one of {', '.join(OUTPUT_TYPES)}")
         if isinstance(num_images_per_label, bool) or not isinstance(num_images_per_label, int) or num_images_per_label < 1:
             raise MASCError(f"num_images_per_label must be a positive int, got {num_images_per_label!r}")
+        if decoding not in DECODINGS:
+            raise MASCError(f"decoding {decoding!r} does not exist; use one of {', '.join(DECODINGS)}")
+        if decoding == "hierarchical" and self.refiner is None:
+            raise MASCError(
+                "decoding='hierarchical' needs a refiner, and this pipeline has none; use decoding='random' (the default), "
+                "or build the pipeline with refiner=MASCRefiner.from_pretrained(...) trained on this transformer"
+            )
         tensor_inputs = callback_on_step_end_tensor_inputs or list(self._callback_tensor_inputs)
         unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
         if unknown:
@@ -165,13 +183,18 @@ class MASCPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, step, step, {"tokens": tokens})
 
+            hierarchical = decoding == "hierarchical"
             model_ids = self.transformer.generate(
                 labels, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                generator=generator, cfg_interval=cfg_interval, callback=on_token,
+                generator=generator, cfg_interval=cfg_interval, callback=on_token, refiner=self.refiner if hierarchical else None,
             )
 
-        # 2. cluster ids -> codebook ids: a random member of each cluster (the MASC paper's default)
-        codebook_ids = model_ids if self.cluster_map is None else self.cluster_map.decode(model_ids, generator=generator)
+        # 2. cluster ids -> codebook ids: a random member of each cluster (the MASC paper's default), or
+        #    already the refiner's picks (hierarchical decoding)
+        if self.cluster_map is None or hierarchical:
+            codebook_ids = model_ids
+        else:
+            codebook_ids = self.cluster_map.decode(model_ids, generator=generator)
 
         # 3. codebook ids -> pixels
         grid = math.isqrt(self.transformer.config.block_size)
@@ -183,7 +206,7 @@ class MASCPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     # ------------------------------------------------------------------ saving
-    _OWN_FILES = frozenset({"model_index.json", "README.md", ".gitattributes", "transformer", "vqvae", "cluster_map"})
+    _OWN_FILES = frozenset({"model_index.json", "README.md", ".gitattributes", "transformer", "vqvae", "cluster_map", "refiner"})
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """diffusers' save (one folder per component + model_index.json) plus a model card, written

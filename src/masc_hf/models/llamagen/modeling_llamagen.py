@@ -55,10 +55,13 @@ class LlamaGenOutput(ModelOutput):
     Args:
         loss: mean cross-entropy over the labelled positions (when ``labels`` is given).
         logits: ``[B, S, vocab_size]`` float32; teacher-forced, ``logits[:, t]`` predicts image token t.
+        hidden_states: ``[B, S, hidden]``, the final normalised states (the head's input; what a
+            MASC refiner reads), with ``return_hidden_states=True``.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    hidden_states: torch.FloatTensor | None = None
 
 
 def default_generation_config(config: LlamaGenConfig) -> GenerationConfig:
@@ -246,10 +249,11 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
                 class_labels = torch.where(drop, torch.full_like(class_labels, self.config.num_classes), class_labels)
         return self.class_embedding(class_labels)[:, None, :]
 
-    def _decoder(self, hidden_states: torch.Tensor, cache_position: torch.Tensor, cache: StaticKVCache | None = None) -> torch.Tensor:
-        """Run the layers on ``hidden_states`` ``[B, S, hidden]`` at ``cache_position`` ``[S]``; return logits (float32)."""
-        hidden_states = run_layers(self.layers, hidden_states, self.rotary_emb, cache_position, cache)
-        return self.lm_head(self.norm(hidden_states)).float()
+    def _decoder(self, hidden_states: torch.Tensor, cache_position: torch.Tensor, cache: StaticKVCache | None = None):
+        """Run the layers on ``hidden_states`` ``[B, S, hidden]`` at ``cache_position`` ``[S]``; return the
+        logits (float32) and the final normalised states (the head's input)."""
+        hidden_states = self.norm(run_layers(self.layers, hidden_states, self.rotary_emb, cache_position, cache))
+        return self.lm_head(hidden_states).float(), hidden_states
 
     # ---- training / scoring / one generation step ----------------------------------------------
     def forward(
@@ -262,6 +266,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         past_key_values: StaticKVCache | None = None,
         cache_position: torch.LongTensor | None = None,
         check_inputs: bool = True,
+        return_hidden_states: bool = False,
     ) -> LlamaGenOutput | tuple:
         r"""Teacher-forced logits for every image token, or one step of generation over a cache.
 
@@ -277,6 +282,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             cache_position: ``[S]`` positions written in the cache.
             check_inputs: check that ids lie in range (a host sync); the trainer turns it off for
                 data checked when it was loaded. Shapes are always checked.
+            return_hidden_states: also return the final normalised states (``hidden_states``).
 
         Returns:
             :class:`LlamaGenOutput` with ``logits`` ``[B, S, vocab_size]`` (float32) and ``loss``.
@@ -286,15 +292,19 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
                 hidden_states = self.embed_classes(class_labels, force_drop_ids)
             else:
                 hidden_states = self.embed_tokens(input_ids)
-            logits = self._decoder(hidden_states, cache_position, past_key_values)
-            return LlamaGenOutput(logits=logits) if return_dict or return_dict is None and self.config.return_dict else (logits,)
+            logits, hidden_states = self._decoder(hidden_states, cache_position, past_key_values)
+            hidden_states = hidden_states if return_hidden_states else None
+            if return_dict or return_dict is None and self.config.return_dict:
+                return LlamaGenOutput(logits=logits, hidden_states=hidden_states)
+            return (logits, hidden_states) if return_hidden_states else (logits,)
 
         if check_inputs:
             class_labels = self._check_class_labels(class_labels)
         input_ids = self._check_input_ids(input_ids, class_labels.shape[0], check_inputs)
         hidden_states = torch.cat([self.embed_classes(class_labels, force_drop_ids), self.embed_tokens(input_ids)], dim=1)
         positions = torch.arange(hidden_states.shape[1], device=hidden_states.device)
-        logits = self._decoder(self.token_dropout(hidden_states), positions)
+        logits, hidden_states = self._decoder(self.token_dropout(hidden_states), positions)
+        hidden_states = hidden_states if return_hidden_states else None
 
         loss = None
         if labels is not None:
@@ -307,8 +317,8 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
 
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
-        return LlamaGenOutput(loss=loss, logits=logits)
+            return tuple(x for x in (loss, logits, hidden_states) if x is not None)
+        return LlamaGenOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
     # ---- generation (gpt-fast style) -------------------------------------------------------------
     def _decode_step(
@@ -323,17 +333,39 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         temperature: float,
         top_k: int,
         top_p: float,
-    ) -> torch.Tensor:
-        """Feed one token per image ``[B]`` at ``cache_position`` ``[1]``; return the next ids ``[B]``.
+        refiner=None,
+        refiner_cache: StaticKVCache | None = None,
+        previous_fine: torch.Tensor | None = None,
+        fine_uniforms: torch.Tensor | None = None,
+    ):
+        """Feed one token per image ``[B]`` at ``cache_position`` ``[1]``; return the next ids ``[B]``
+        (with a ``refiner``: the next cluster ids and the fine ids the refiner picks inside them).
 
         The same shapes at every step, no host sync: compiled with ``fullgraph=True`` by ``generate(compile=True)``.
         """
-        guided = cache.shape[1] != token_ids.shape[0]  # the null-class rows run in the same batch
+        batch_size = token_ids.shape[0]
+        guided = cache.shape[1] != batch_size  # the null-class rows run in the same batch
         feed = torch.cat([token_ids, token_ids]) if guided else token_ids
-        logits = self(input_ids=feed[:, None], past_key_values=cache, cache_position=cache_position, return_dict=False)[0][:, -1]
+        outputs = self(
+            input_ids=feed[:, None], past_key_values=cache, cache_position=cache_position, return_dict=False,
+            return_hidden_states=refiner is not None,
+        )
+        logits = outputs[0][:, -1]
         if guided:
             logits = classifier_free_guidance(logits, guidance_scale, guide)
-        return sample_next_token(logits, temperature, top_k, top_p, generator, uniforms)
+        coarse = sample_next_token(logits, temperature, top_k, top_p, generator, uniforms)
+        if refiner is None:
+            return coarse
+        position = cache_position + 1 - self.config.cls_token_num  # the image token this step predicts
+        fine = self._refine(refiner, outputs[1][:batch_size, -1], coarse, previous_fine, refiner_cache, position, temperature, generator, fine_uniforms)
+        return coarse, fine
+
+    @staticmethod
+    def _refine(refiner, hidden, coarse, previous_fine, cache, position, temperature, generator, uniforms) -> torch.Tensor:
+        """Hierarchical decoding: the refiner's pick inside each predicted cluster ``[B]``, from the
+        conditional rows' final states (the refiner is not guided)."""
+        logits = refiner.refine_step(hidden, coarse, previous_fine, cache, position)
+        return sample_next_token(logits, temperature, 0, 1.0, generator, uniforms)
 
     def compiled_decode_step(self) -> Callable:
         """``_decode_step`` under ``torch.compile(fullgraph=True)`` (mode ``reduce-overhead`` on CUDA:
@@ -381,6 +413,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         compile: bool = False,
         progress_bar: bool = False,
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        refiner=None,
         **unsupported,
     ) -> torch.LongTensor:
         r"""Sample ``block_size`` image tokens per class label with a static KV cache.
@@ -411,9 +444,17 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
             progress_bar: show a tqdm bar over the decode steps.
             callback: ``callback(step, tokens)`` after each token (``tokens`` ``[B, block_size]``, filled
                 up to column ``step``).
+            refiner: a :class:`~masc_hf.models.refiner.MASCRefiner` of this MASC model: hierarchical
+                decoding. After each cluster id the refiner picks the codebook token inside it (from
+                the conditional rows' final states, at the same temperature, unguided), and
+                ``generate`` returns those codebook ids. Per-image generators then give each image
+                ``2 * block_size`` uniforms: the first ``block_size`` for the cluster ids (so the
+                cluster ids are those of random-member decoding with the same seeds), the rest for
+                the tokens.
 
         Returns:
-            ``[B, block_size]`` LongTensor of the model's own ids (cluster ids for a MASC model).
+            ``[B, block_size]`` LongTensor of the model's own ids (cluster ids for a MASC model; the
+            refiner's codebook ids with ``refiner``).
 
         Example:
             >>> tokens = model.generate([207, 360], guidance_scale=4.0, top_k=1)  # doctest: +SKIP
@@ -431,14 +472,18 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         )
         scale, sampling = settings["guidance_scale"], (settings["temperature"], int(settings["top_k"]), settings["top_p"])
         labels = self._check_class_labels(class_labels)
+        if refiner is not None:
+            self._check_refiner(refiner)
         batch_size, length, device = labels.shape[0], config.block_size, labels.device
+        draws = length * (2 if refiner is not None else 1)
         # per-image generators: one uniform per image and step, drawn up front; else draws from `generator`
-        uniforms = per_image_uniforms(generator, batch_size, length, device) if isinstance(generator, (list, tuple)) else None
+        uniforms = per_image_uniforms(generator, batch_size, draws, device) if isinstance(generator, (list, tuple)) else None
         shared_generator = None if uniforms is not None else generator
         if compile and uniforms is None and sampling[0] != 0:  # a compiled step takes its randomness as a tensor
             source = generator.device if generator is not None else device
-            uniforms = torch.rand(batch_size, length, generator=generator, device=source, dtype=torch.float64).to(device)
+            uniforms = torch.rand(batch_size, draws, generator=generator, device=source, dtype=torch.float64).to(device)
             shared_generator = None
+        fine_uniforms = uniforms[:, length:] if uniforms is not None and refiner is not None else None
 
         # guidance_scale 1: conditional rows only; 0: null rows only; otherwise both halves in one batch
         guided = scale not in (0.0, 1.0)
@@ -455,22 +500,48 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
+            fine = torch.empty_like(tokens) if refiner is not None else None
+            refiner_cache = refiner.new_cache(batch_size, device=device) if refiner is not None else None
             prefill_positions = torch.arange(config.cls_token_num, device=device)
-            logits = self(class_labels=rows, force_drop_ids=drop, past_key_values=cache, cache_position=prefill_positions, return_dict=False)[0][:, -1]
+            outputs = self(
+                class_labels=rows, force_drop_ids=drop, past_key_values=cache, cache_position=prefill_positions, return_dict=False,
+                return_hidden_states=refiner is not None,
+            )
+            logits = outputs[0][:, -1]
             if guided:
                 logits = classifier_free_guidance(logits, scale_t)
             tokens[:, 0] = sample_next_token(logits, *sampling, shared_generator, None if uniforms is None else uniforms[:, 0])
+            if refiner is not None:
+                start = torch.full_like(tokens[:, 0], refiner.config.start_token_id)
+                fine[:, 0] = self._refine(
+                    refiner, outputs[1][:batch_size, -1], tokens[:, 0], start, refiner_cache, torch.zeros(1, dtype=torch.long, device=device),
+                    sampling[0], shared_generator, None if fine_uniforms is None else fine_uniforms[:, 0],
+                )
+            returned = tokens if refiner is None else fine
             if callback is not None:
-                callback(0, tokens)
+                callback(0, returned)
             step_fn = self.compiled_decode_step() if compile else self._decode_step
             positions = torch.arange(config.cls_token_num, config.cls_token_num + length - 1, device=device)
             for step in tqdm(range(length - 1), desc="generate", disable=not progress_bar, leave=False):
                 step_uniforms = None if uniforms is None else uniforms[:, step + 1]
-                tokens[:, step + 1] = step_fn(
-                    tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling
-                )
+                args = (tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling)
+                if refiner is None:
+                    tokens[:, step + 1] = step_fn(*args)
+                else:
+                    tokens[:, step + 1], fine[:, step + 1] = step_fn(
+                        *args, refiner, refiner_cache, fine[:, step], None if fine_uniforms is None else fine_uniforms[:, step + 1]
+                    )
                 if callback is not None:
-                    callback(step + 1, tokens)
+                    callback(step + 1, returned)
         finally:
             self.train(was_training)
-        return tokens
+        return returned
+
+    def _check_refiner(self, refiner) -> None:
+        from ..refiner import MASCRefiner
+
+        if not isinstance(refiner, MASCRefiner):
+            raise ModelInputError(f"refiner must be a MASCRefiner, got {type(refiner).__name__}")
+        if not self.config.is_masc:
+            raise ModelInputError("hierarchical decoding refines cluster ids, but this model is flat; drop refiner")
+        refiner.config.check_backbone(self, what=f"the model {self.config.name_or_path or type(self).__name__}")
