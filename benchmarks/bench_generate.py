@@ -25,12 +25,32 @@ from masc_hf.models import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGen
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
 
 
-def build_model(preset: str, device: str, dtype: torch.dtype) -> LlamaGenForImageGeneration:
+def build_model(preset: str, device: str, dtype: torch.dtype, num_clusters: int | None = None):
+    """The model (MASC with a random map of ``num_clusters`` when given) and that map (or ``None``)."""
     config = LlamaGenConfig(**TINY) if preset == "tiny" else LlamaGenConfig.from_preset(preset)
+    cluster_map = None
+    if num_clusters:
+        import numpy as np
+
+        from masc_hf import build_cluster_map
+
+        n = config.vocab_size
+        cluster_map = build_cluster_map(np.random.default_rng(0).normal(size=(n, 8)), num_clusters, method="random", compute_quality=False)
+        config = LlamaGenConfig(**{**config.to_dict(), "vocab_size": num_clusters, "fine_vocab_size": n, "cluster_map_fingerprint": cluster_map.fingerprint})
     torch.manual_seed(0)
     model = LlamaGenForImageGeneration(config)
     torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the reference zero-init would make sampling uniform
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval(), cluster_map
+
+
+def build_refiner(model, cluster_map, width: int, device: str, dtype: torch.dtype):
+    """A random refiner of the paper's shape (one layer, 4 heads) at ``width``, for ``model``."""
+    from masc_hf.models.refiner import MASCRefiner, MASCRefinerConfig
+
+    torch.manual_seed(1)
+    refiner = MASCRefiner(MASCRefinerConfig.for_backbone(model, hidden_size=width, num_attention_heads=4), cluster_map=cluster_map)
+    torch.nn.init.normal_(refiner.lm_head.weight, std=0.02)
+    return refiner.to(device=device, dtype=dtype).eval()
 
 
 @torch.no_grad()
@@ -74,7 +94,7 @@ def measure(fn, device: str, repeats: int) -> float:
 
 def run(args: argparse.Namespace, device: str) -> None:
     dtype = getattr(torch, args.dtype)
-    model = build_model(args.preset, device, dtype)
+    model, cluster_map = build_model(args.preset, device, dtype, num_clusters=args.refiner_clusters if args.refiner else None)
     config = model.config
     labels = torch.randint(0, config.num_classes, (args.batch_size,), generator=torch.Generator().manual_seed(0)).to(device)
     tokens_per_run = args.batch_size * config.block_size
@@ -87,6 +107,18 @@ def run(args: argparse.Namespace, device: str) -> None:
     candidates = {"static cache, eager": eager}
     if not args.no_compile:
         candidates["static cache, compiled"] = compiled
+    if args.refiner:  # MASC: a random member (the map's decode) against the refiner's pick (hierarchical decoding)
+        refiner = build_refiner(model, cluster_map, args.refiner_width, device, dtype)
+        print(f"refiner: {refiner.num_parameters() / 1e6:.1f}M params (width {args.refiner_width}), k={cluster_map.num_clusters}")
+        candidates = {
+            "random member, eager": lambda: cluster_map.decode(eager(), generator=torch.Generator(device=device).manual_seed(0)),
+            "hierarchical, eager": lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner),
+        }
+        if not args.no_compile:
+            candidates["random member, compiled"] = lambda: cluster_map.decode(compiled(), generator=torch.Generator(device=device).manual_seed(0))
+            candidates["hierarchical, compiled"] = lambda: model.generate(
+                labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner, compile=True
+            )
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
     print(f"{'method':<26}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
@@ -95,7 +127,7 @@ def run(args: argparse.Namespace, device: str) -> None:
         if name != "no cache (baseline)":
             start = time.perf_counter()
             fn()  # warm-up (allocator, kernels; the compiled step compiles here); the baseline reuses the eager kernels
-            if name == "static cache, compiled":
+            if "compiled" in name:
                 print(f"{'(compiling the decode step':<26} {time.perf_counter() - start:.1f} s, once per model and batch shape)")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -103,10 +135,10 @@ def run(args: argparse.Namespace, device: str) -> None:
         seconds = measure(fn, device, args.repeats if name != "no cache (baseline)" else 1)
         results[name] = seconds
         print(f"{name:<26}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peak_memory_mib(device):>10.0f}")
-    base = results["static cache, eager"]
+    reference = next(iter(results))
     for name, seconds in results.items():
-        if name != "static cache, eager":
-            print(f"{name} / eager speed: {base / seconds:.2f}x")
+        if name != reference:
+            print(f"{name} / {reference} speed: {results[reference] / seconds:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
+    parser.add_argument("--refiner", action="store_true", help="MASC model: random-member against hierarchical decoding (the refiner's cost)")
+    parser.add_argument("--refiner-clusters", type=int, default=8192, help="k of the MASC model with --refiner (default 8192 = N/2)")
+    parser.add_argument("--refiner-width", type=int, default=512, help="refiner width (the paper's 512)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
