@@ -170,3 +170,20 @@ def test_ids_outside_the_codebook_are_refused_where_they_enter(tmp_path):
     assert dataset[0][0].tolist() == [0, 1, 2, 3]
     with pytest.raises(DataError, match=r"token ids in \[4, 7\] but the tokenizer has 6 codes"):
         dataset[1]
+
+
+def test_with_fine_ids_returns_both_vocabularies(tmp_path):
+    """What a MASC refiner trains on: the cluster ids the backbone reads and the codebook ids it must recover."""
+    import masc_hf
+    from masc_hf.data.code_shards import CodeShardDataset, CodeShardManifest, CodeShardWriter
+
+    manifest = CodeShardManifest(tokenizer_fingerprint="f" * 64, num_tokens=8, image_size=8, grid_size=(2, 2), shard_size=4)
+    writer = CodeShardWriter(tmp_path / "codes", manifest)
+    writer.write_shard(0, np.array([[0, 1, 2, 3], [4, 5, 6, 7]], dtype=np.int16)[:, None, :], np.array([0, 1]), num_raw=2)
+    writer.finish(1)
+    cmap = masc_hf.build_cluster_map(np.random.default_rng(0).normal(size=(8, 2)), 3, compute_quality=False)
+    cmap.codebook_fingerprint = "f" * 64
+    coarse, label, fine = CodeShardDataset(tmp_path / "codes", cluster_map=cmap, seed=0, with_fine_ids=True)[1]
+    assert fine.tolist() == [4, 5, 6, 7] and torch.equal(coarse, cmap.encode(fine)) and int(label) == 1
+    with pytest.raises(DataError, match="needs a cluster_map"):
+        CodeShardDataset(tmp_path / "codes", seed=0, with_fine_ids=True)

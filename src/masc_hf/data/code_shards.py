@@ -335,6 +335,8 @@ class CodeShardDataset(torch.utils.data.Dataset):
             ``(seed, epoch, i)``, not on DataLoader workers or on how far a run got.
         mmap: memory-map the shards (default; pages are shared between DataLoader workers and
             processes) or load them into memory.
+        with_fine_ids: with a ``cluster_map``, items are ``(cluster ids, label, codebook ids)``: what
+            a MASC refiner trains on (the cluster ids are the map's encoding of the codebook ids).
 
     Call :meth:`set_epoch` at the start of each epoch to draw new views.
     """
@@ -347,6 +349,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
         augmentation: int | None = None,
         seed: int | None = None,
         mmap: bool = True,
+        with_fine_ids: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.manifest = CodeShardManifest.load(self.directory)
@@ -360,7 +363,10 @@ class CodeShardDataset(torch.utils.data.Dataset):
         num_augmentations = self.manifest.num_augmentations
         if augmentation is not None and not (isinstance(augmentation, int) and 0 <= augmentation < num_augmentations):
             raise DataError(f"augmentation must be None or an index in [0, {num_augmentations}), got {augmentation!r}")
+        if with_fine_ids and cluster_map is None:
+            raise DataError("with_fine_ids=True returns the codebook ids beside the cluster ids: it needs a cluster_map")
         self.cluster_map = cluster_map
+        self.with_fine_ids = with_fine_ids
         self.augmentation = augmentation
         self.seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else int(seed)
         self.mmap = mmap
@@ -409,7 +415,8 @@ class CodeShardDataset(torch.utils.data.Dataset):
         label = torch.tensor(int(labels[row]), dtype=torch.long)
         self._check_ids(fine_ids, index)  # ids are checked here, where they enter training
         if self.cluster_map is not None:
-            return self.cluster_map.encode(fine_ids), label
+            coarse_ids = self.cluster_map.encode(fine_ids)
+            return (coarse_ids, label, fine_ids) if self.with_fine_ids else (coarse_ids, label)
         return fine_ids, label
 
     def _check_ids(self, fine_ids: torch.Tensor, index: int) -> None:
