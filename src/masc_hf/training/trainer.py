@@ -32,8 +32,8 @@ from .losses import IAR_CLUSTER_LOSS_WEIGHT, ClusterOrientedLoss
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARTrainingArguments", "TrainOutput", "TrainingError", "check_cluster_loss", "checkpoint_problem", "latest_checkpoint", "prediction_entropy",
-    "train",
+    "ARTrainingArguments", "TrainOutput", "TrainingError", "check_cluster_loss", "checkpoint_problem", "latest_checkpoint",
+    "prediction_entropy", "train",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -72,9 +72,10 @@ class ARTrainingArguments:
 
     The model, the data, the cluster maps and the VQ tokenizer are objects given to :func:`train`
     (``recipes/train.py`` builds them from paths); ``cluster_loss_weight`` weighs the cluster CE of
-    ``train(cluster_loss_map=...)`` (IAR's loss; None: IAR's 1.0 with a map, and no cluster loss without one). Named apart from ``transformers.TrainingArguments``,
-    which this is not. A value that cannot work (``keep_checkpoints=0``, ``log_every=0``, a negative
-    batch size, ...) is a :class:`TrainingError` when the arguments are built.
+    ``train(cluster_loss_map=...)`` (IAR's loss; None: IAR's 1.0 with a map, no cluster loss without
+    one). Named apart from ``transformers.TrainingArguments``, which this is not. A value that cannot
+    work (``keep_checkpoints=0``, ``log_every=0``, a negative batch size, ...) is a
+    :class:`TrainingError` when the arguments are built.
 
     Resuming (``resume``) continues the run that wrote the checkpoint, so its settings are compared
     with the ones that checkpoint records (``trainer_state.json``, ``"run"``):
@@ -550,7 +551,9 @@ def train(
         dataloader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(dataloader, state.consumed) if state.consumed else dataloader
         for codes, labels in batches:
-            loss, logits, parts, grad_norm = _train_step(accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss)
+            loss, logits, parts, grad_norm = _train_step(
+                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss
+            )
             state.consumed += 1
             tokens_seen += codes.numel() * accelerator.num_processes
             if not accelerator.sync_gradients:
@@ -562,8 +565,7 @@ def train(
             progress.update(1)
             if state.global_step % args.log_every == 0 or state.global_step == total_steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                losses = {} if parts is None else {name: _mean_over_processes(accelerator, getattr(parts, name)) for name in ("token_loss", "cluster_loss")}
-                _log_step(accelerator, log_with, progress, state, logits, grad_norm, scheduler, tokens_seen / elapsed, losses)
+                _log_step(accelerator, log_with, progress, state, logits, parts, grad_norm, scheduler, tokens_seen / elapsed)
                 tokens_seen, window_start = 0, time.perf_counter()
             last = state.global_step == total_steps
             if eval_fn is not None and (last or (args.eval_every and state.global_step % args.eval_every == 0)):
@@ -910,10 +912,10 @@ def _mean_over_processes(accelerator, value: torch.Tensor) -> float:
     return float(accelerator.reduce(value.detach(), reduction="mean"))
 
 
-def _log_step(
-    accelerator, log_with, progress, state: _Progress, logits, grad_norm, scheduler, tokens_per_s: float, losses: dict[str, float]
-) -> None:
-    """One history record; ``losses``: the parts of the loss besides its total (``token_loss``, ``cluster_loss``), if any."""
+def _log_step(accelerator, log_with, progress, state: _Progress, logits, parts, grad_norm, scheduler, tokens_per_s: float) -> None:
+    """One history record; with a cluster loss (``parts``), its token and cluster CE besides the total."""
+    losses = {} if parts is None else {"token_loss": parts.token_loss, "cluster_loss": parts.cluster_loss}
+    losses = {name: _mean_over_processes(accelerator, value) for name, value in losses.items()}
     entropy, entropy_norm = prediction_entropy(logits.detach())
     record = {
         "step": state.global_step,
