@@ -178,6 +178,13 @@ def test_pipeline_of_a_cluster_loss_run_is_flat(tiny_run, codes_dir, tmp_path, t
     pipe = MASCPipeline.from_pretrained(summary["pipeline_dir"])
     assert pipe.cluster_map is None and not pipe.transformer.config.is_masc and pipe.transformer.config.vocab_size == 32
     assert not Path(summary["pipeline_dir"], "cluster_map").exists()
+    # where neither the data nor the model names its tokenizer, the VQ's is checked
+    run = tiny_run(tmp_path / "other", codes=tmp_path / "vq_codes")
+    run["model"].config.tokenizer_fingerprint = None
+    unlabelled = torch.utils.data.Subset(run["train_dataset"], range(len(run["train_dataset"])))  # no manifest
+    with pytest.raises(ClusterMapMismatchError, match=r"cluster_loss_map: .*built from codebook eeeeeeeeeeee\.\.\. but the vqvae uses"):
+        train(model=run["model"], train_dataset=unlabelled, args=run["args"], vqvae=vq, cluster_loss_map=flat_map(fingerprint="e" * 64))
+    assert not (tmp_path / "other").exists()
 
 
 def test_recipe_flags(codes_dir, model_config_file, tmp_path):
