@@ -8,7 +8,8 @@ VQ tokenizer) and hands them to ``masc_hf.training.train``. ``--help`` lists eve
 of ``RecipeArguments`` below and of ``masc_hf.training.ARTrainingArguments`` (with the paper's
 defaults). ``--resume latest`` continues the newest complete checkpoint in --output_dir, with the
 settings it was started with (``--allow_changed_settings learning_rate,...`` for the ones that may
-change; see ``ARTrainingArguments``).
+change; see ``ARTrainingArguments``). ``--cluster_loss_map DIR [--cluster_loss_weight 1.0]`` trains a
+flat model with IAR's cluster-oriented loss over that map's clusters (the model stays flat).
 """
 
 import logging
@@ -30,6 +31,7 @@ class RecipeArguments:
     model_config: str | None = None  # JSON file of LlamaGenConfig fields
     init_from: str | None = None  # a saved model directory, e.g. masc-hf convert-llamagen --cluster-map output
     cluster_map: str | None = None  # train on this map's cluster ids
+    cluster_loss_map: str | None = None  # flat model + IAR's cluster CE over this map's clusters (--cluster_loss_weight)
     vq: str | None = None  # the VQModel directory: also write a MASCPipeline at the end
     class_dropout_prob: float = 0.1  # for a new model: label dropout, which classifier-free guidance needs
 
@@ -39,11 +41,15 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
     from masc_hf.clustering import MASCClusterMap
     from masc_hf.data import CodeShardDataset
     from masc_hf.training import model_for_codes
+    from masc_hf.training.trainer import check_cluster_loss
 
     none = ("", "none", "None")
     paths = {name: (value if value not in none else None) for name, value in vars(recipe).items()}
     cluster_map = MASCClusterMap.from_pretrained(paths["cluster_map"]) if paths["cluster_map"] else None
+    cluster_loss_map = MASCClusterMap.from_pretrained(paths["cluster_loss_map"]) if paths["cluster_loss_map"] else None
     dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed)
+    # before the VQ and the model are loaded; train() checks again with the model
+    check_cluster_loss(cluster_loss_map, args.cluster_loss_weight, train_dataset=dataset, cluster_map=cluster_map)
     vqvae = None
     if paths["vq"]:  # read before the model is built, so that a wrong path fails fast
         from masc_hf.data.extract import load_vqmodel
@@ -53,7 +59,7 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
         dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
         cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
     )
-    return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae}
+    return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae, "cluster_loss_map": cluster_loss_map}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,13 @@
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from masc_hf.data.code_shards import CodeShardManifest, CodeShardWriter
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY_MODEL = {
     "hidden_size": 32,
@@ -69,5 +73,37 @@ def tiny_run(codes_dir, model_config_file):
             dataset, model_config=model_config, cluster_map=cluster_map, class_dropout_prob=class_dropout_prob, seed=args.seed
         )
         return dict(model=model, train_dataset=dataset, args=args, cluster_map=cluster_map)
+
+    return make
+
+
+@pytest.fixture
+def run_recipe(capsys):
+    """``run_recipe(argv)``: recipes/train.py's main(argv) in this process -> (exit code, stderr)."""
+    spec = importlib.util.spec_from_file_location("train_recipe", REPO / "recipes" / "train.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+
+    def run(argv):
+        code = recipe.main([str(a) for a in argv])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture
+def tiny_vqmodel():
+    """``tiny_vqmodel(num_codes=32, seed=0)``: a random diffusers VQModel with ``num_codes`` codes (a
+    tokenizer other than the synthetic shards' "f" * 64)."""
+    import torch
+    from diffusers import VQModel
+
+    def make(num_codes=32, seed=0):
+        torch.manual_seed(seed)
+        return VQModel(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, num_vq_embeddings=num_codes, vq_embed_dim=4,
+            norm_num_groups=4, sample_size=8,
+        ).eval()
 
     return make

@@ -3,7 +3,6 @@ checkpoints, unknown model-config keys and components of another tokenizer are r
 training step, with a message naming the value and the fix; a truncated newest checkpoint is skipped
 with a warning; the history covers the whole run across resumes."""
 
-import importlib.util
 import json
 import logging
 import math
@@ -19,29 +18,6 @@ from masc_hf.data import CodeShardDataset
 from masc_hf.errors import MASCError
 from masc_hf.training import ARTrainingArguments, latest_checkpoint, model_for_codes, train
 from masc_hf.training.trainer import TrainingError
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_vqmodel(num_codes=32, seed=0):
-    """A random diffusers VQModel with ``num_codes`` codes (a tokenizer other than the shards' "f" * 64)."""
-    from diffusers import VQModel
-
-    torch.manual_seed(seed)
-    return VQModel(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, num_vq_embeddings=num_codes, vq_embed_dim=4,
-        norm_num_groups=4, sample_size=8,
-    ).eval()
-
-
-def run_recipe(argv, capsys):
-    """recipes/train.py's main(argv) in this process: (exit code, stderr)."""
-    spec = importlib.util.spec_from_file_location("train_recipe", REPO / "recipes" / "train.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    code = recipe.main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def without_speed(history):
@@ -75,6 +51,9 @@ def without_speed(history):
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"adam_beta2": 1.0}, "adam_beta2"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"cluster_loss_weight": -1.0}, "cluster_loss_weight"),
+        ({"cluster_loss_weight": float("nan")}, "cluster_loss_weight"),
+        ({"cluster_loss_weight": float("inf")}, "cluster_loss_weight"),
         ({"allow_changed_settings": "learning_rat"}, "did you mean 'learning_rate'"),
         ({"allow_changed_settings": "global_batch_size"}, "new --output_dir"),
         ({"allow_changed_settings": "hidden_size"}, "new --output_dir"),
@@ -98,18 +77,18 @@ def test_output_dir_that_is_a_file_is_refused_before_training(tiny_run, tmp_path
             train(**tiny_run(out))
 
 
-def test_recipe_reports_bad_input_in_one_line(codes_dir, model_config_file, tmp_path, capsys):
+def test_recipe_reports_bad_input_in_one_line(codes_dir, model_config_file, tmp_path, run_recipe):
     common = ["--codes_dir", codes_dir, "--output_dir", tmp_path / "run", "--preset", "", "--max_steps", "2", "--global_batch_size", "16",
               "--mixed_precision", "no", "--no_progress", "--log_with", ""]
-    code, err = run_recipe([*common, "--model_config", model_config_file, "--keep_checkpoints", "0"], capsys)
+    code, err = run_recipe([*common, "--model_config", model_config_file, "--keep_checkpoints", "0"])
     assert code == 2 and err.count("\n") == 1 and err.startswith("train.py: error: keep_checkpoints=0")
     misspelt = tmp_path / "misspelt.json"
     misspelt.write_text(json.dumps({"hiden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}))
-    code, err = run_recipe([*common, "--model_config", misspelt], capsys)
+    code, err = run_recipe([*common, "--model_config", misspelt])
     assert code == 2 and err.count("\n") == 1 and "'hiden_size' (did you mean 'hidden_size'?)" in err
     listed = tmp_path / "list.json"
     listed.write_text("[32, 2]")
-    code, err = run_recipe([*common, "--model_config", listed], capsys)
+    code, err = run_recipe([*common, "--model_config", listed])
     assert code == 2 and err.count("\n") == 1 and "not a list" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -301,7 +280,7 @@ def test_corrupt_random_states_stop_the_resume(tiny_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ pairings
-def test_flat_model_records_its_tokenizer_and_every_pairing_is_checked_first(tiny_run, codes_dir, tmp_path):
+def test_flat_model_records_its_tokenizer_and_every_pairing_is_checked_first(tiny_run, codes_dir, tmp_path, tiny_vqmodel):
     from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration
     from masc_hf.pipelines.pairing import check_model_fits_vq, tokenizer_fingerprint
 

@@ -1,6 +1,6 @@
-"""Training: the AR loop that ``recipes/train.py`` drives with accelerate (it takes objects), the
-helper that builds a model for a code-shard dataset, and a small VQ tokenizer trainer for the
-quickstart. Imports are lazy (torch, accelerate load on use)."""
+"""Training: the AR loop that ``recipes/train.py`` drives with accelerate (it takes objects), IAR's
+cluster-oriented loss, the helper that builds a model for a code-shard dataset, and a small VQ
+tokenizer trainer for the quickstart. Imports are lazy (torch, accelerate load on use)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .._lazy import attach
 
 _LAZY = {
     "ARTrainingArguments": ".trainer",
+    "ClusterOrientedLoss": ".losses",
     "TrainOutput": ".trainer",
     "TrainingError": ".trainer",
     "train": ".trainer",

@@ -1,4 +1,5 @@
-"""The AR training loop (flat, or on a cluster map), driven by ``recipes/train.py`` through accelerate.
+"""The AR training loop (flat, flat with IAR's cluster-oriented loss, or on a cluster map), driven by
+``recipes/train.py`` through accelerate.
 
 ``train(model, train_dataset, args)`` takes objects and returns a :class:`TrainOutput`; the recipe
 turns paths and flags into those objects. One loop serves a 2-core CPU quickstart and a multi-node
@@ -26,11 +27,13 @@ import torch
 from .._io import clean_leftovers, publish_dir, staged_dir, write_text_atomic
 from ..errors import MASCError
 from ..models.ar import prediction_entropy
+from .losses import IAR_CLUSTER_LOSS_WEIGHT, ClusterOrientedLoss
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARTrainingArguments", "TrainOutput", "TrainingError", "checkpoint_problem", "latest_checkpoint", "prediction_entropy", "train",
+    "ARTrainingArguments", "TrainOutput", "TrainingError", "check_cluster_loss", "checkpoint_problem", "latest_checkpoint",
+    "prediction_entropy", "train",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -51,6 +54,7 @@ RESUME_OVERRIDABLE = (
     "learning_rate", "min_learning_rate", "warmup_steps", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay",
     "max_grad_norm", "mixed_precision", "ema_decay", "seed", "gradient_accumulation_steps", "num_processes",
     "class_dropout_prob", "token_dropout", "attention_dropout", "resid_dropout", "ffn_dropout", "drop_path_rate",
+    "cluster_loss_map", "cluster_loss_weight",
 )
 
 
@@ -66,10 +70,12 @@ PAPER_LR = {"GPT-B": (1e-4, 1e-5), "GPT-L": (1e-4, 1e-5), "GPT-XL": (2e-4, 2e-5)
 class ARTrainingArguments:
     """The hyper-parameters of a training run; defaults are the paper's (Table 4) where it has one.
 
-    The model, the data, the cluster map and the VQ tokenizer are objects given to :func:`train`
-    (``recipes/train.py`` builds them from paths). Named apart from ``transformers.TrainingArguments``,
-    which this is not. A value that cannot work (``keep_checkpoints=0``, ``log_every=0``, a negative
-    batch size, ...) is a :class:`TrainingError` when the arguments are built.
+    The model, the data, the cluster maps and the VQ tokenizer are objects given to :func:`train`
+    (``recipes/train.py`` builds them from paths); ``cluster_loss_weight`` weighs the cluster CE of
+    ``train(cluster_loss_map=...)`` (IAR's loss; None: IAR's 1.0 with a map, no cluster loss without
+    one). Named apart from ``transformers.TrainingArguments``, which this is not. A value that cannot
+    work (``keep_checkpoints=0``, ``log_every=0``, a negative batch size, ...) is a
+    :class:`TrainingError` when the arguments are built.
 
     Resuming (``resume``) continues the run that wrote the checkpoint, so its settings are compared
     with the ones that checkpoint records (``trainer_state.json``, ``"run"``):
@@ -89,7 +95,9 @@ class ARTrainingArguments:
       starts at the checkpoint's weights), ``seed`` (the data order from the current epoch on),
       ``gradient_accumulation_steps`` and the number of processes (the same global batch, split
       otherwise; new processes' random states start from the seed), and the model's regularisation
-      (``class_dropout_prob`` while it stays above 0, the dropout rates, ``drop_path_rate``).
+      (``class_dropout_prob`` while it stays above 0, the dropout rates, ``drop_path_rate``), and the
+      cluster-oriented loss of a flat model (``cluster_loss_map``, by fingerprint, and its effective
+      ``cluster_loss_weight``): the weights fit any loss, the new one is minimised from the checkpoint's step.
     - fixed (any change needs a new ``output_dir``): ``global_batch_size`` (the epoch position and
       the schedule's step count follow it), the model's architecture and vocabulary (the saved
       weights and optimiser state only fit them), the cluster map, the code shards' tokenizer and
@@ -122,6 +130,7 @@ class ARTrainingArguments:
     log_with: str | None = "auto"  # accelerate tracker; "auto": tensorboard when installed
     progress: bool = True
     allow_changed_settings: str | None = None  # on resume, e.g. "learning_rate,seed" (see the class docstring)
+    cluster_loss_weight: float | None = None  # weight of the cluster CE of train(cluster_loss_map=...); None: 1.0 (IAR's)
 
     def __post_init__(self) -> None:
         for name in ("log_with", "resume", "allow_changed_settings"):
@@ -185,6 +194,8 @@ class ARTrainingArguments:
                 fail(name, why)
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             fail("mixed_precision", "is not one of 'no', 'bf16', 'fp16'")
+        if self.cluster_loss_weight is not None and (not is_number(self.cluster_loss_weight) or self.cluster_loss_weight < 0):
+            fail("cluster_loss_weight", "must be a finite number >= 0 (IAR's: 1.0; None: 1.0 with a cluster-loss map)")
         if self.ema_decay is not None and (not is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
             fail("ema_decay", "must lie in (0, 1), e.g. 0.9999 (None: no EMA copy)")
         if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
@@ -335,9 +346,46 @@ def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
         raise TrainingError(f"the model has {config.num_classes} classes but the data has {len(class_names)}")
 
 
-def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None) -> None:
+def check_cluster_loss(cluster_loss_map, weight: float | None, *, model=None, train_dataset=None, cluster_map=None) -> None:
+    """IAR's cluster-oriented loss fits the run: a weight only with a map; a map only for a flat model
+    (a MASC model's ids are already clusters), over its N codebook tokens, built from the codes'
+    tokenizer. ``model``/``train_dataset``: what is known so far (the recipe checks before building the model)."""
+    from ..clustering import check_cluster_map
+    from ..errors import ClusterMapMismatchError
+
+    if cluster_loss_map is None:
+        if weight is not None:
+            raise TrainingError(
+                f"cluster_loss_weight={weight!r} was given without a cluster-loss map; pass the map it weighs "
+                "(--cluster_loss_map DIR, or train(cluster_loss_map=...)), or drop the weight"
+            )
+        return
+    config = getattr(model, "config", None)
+    if cluster_map is not None or (config is not None and config.is_masc):
+        k = cluster_map.num_clusters if cluster_map is not None else config.vocab_size
+        raise ClusterMapMismatchError(
+            f"a cluster-loss map was given for a MASC model, whose ids are already the k={k} clusters of its map; the "
+            "cluster-oriented loss is for flat models: drop --cluster_loss_map, or train a flat model (no --cluster_map)"
+        )
+    data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
+    model_fingerprint = getattr(config, "tokenizer_fingerprint", None)
+    if config is not None:
+        vocab, whose = config.vocab_size, "the flat model's vocabulary"
+    else:
+        vocab, whose = getattr(train_dataset, "vocab_size", None), "the codes' vocabulary"
+    try:
+        check_cluster_map(cluster_loss_map, num_tokens=vocab, what=whose)
+        if data_fingerprint is not None:
+            check_cluster_map(cluster_loss_map, codebook_fingerprint=data_fingerprint, what="the codes' VQ tokenizer")
+        if model_fingerprint is not None:
+            check_cluster_map(cluster_loss_map, codebook_fingerprint=model_fingerprint, what="the model's VQ tokenizer")
+    except ClusterMapMismatchError as err:
+        raise ClusterMapMismatchError(f"cluster_loss_map: {err}") from None
+
+
+def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None, cluster_loss_map=None) -> None:
     """The VQ tokenizer that will render the model's samples is the one of the codes, of the model and
-    of the cluster map (codebook size and fingerprint); checked when training starts, not at the end."""
+    of the cluster maps (codebook size and fingerprint); checked when training starts, not at the end."""
     from ..pipelines.pairing import check_map_fits_tokenizer, check_model_fits_vq, tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(vqvae)
@@ -350,6 +398,20 @@ def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None) -> None:
     check_model_fits_vq(model, vqvae, fingerprint=fingerprint)
     if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
         check_map_fits_tokenizer(cluster_map, vqvae, fingerprint=fingerprint)
+    if cluster_loss_map is not None and cluster_loss_map.codebook_fingerprint is not None:
+        from ..errors import ClusterMapMismatchError
+
+        try:
+            check_map_fits_tokenizer(cluster_loss_map, vqvae, fingerprint=fingerprint)
+        except ClusterMapMismatchError as err:
+            raise ClusterMapMismatchError(f"cluster_loss_map: {err}") from None
+
+
+def _cluster_loss_weight(args: ARTrainingArguments, cluster_loss_map) -> float | None:
+    """The weight the cluster CE is trained with (None: no cluster loss)."""
+    if cluster_loss_map is None:
+        return None
+    return args.cluster_loss_weight if args.cluster_loss_weight is not None else IAR_CLUSTER_LOSS_WEIGHT
 
 
 def _data_tokenizer_fingerprint(train_dataset) -> str | None:
@@ -418,6 +480,7 @@ def train(
     cluster_map=None,
     eval_fn: Callable[[int, Any], dict[str, float]] | None = None,
     vqvae=None,
+    cluster_loss_map=None,
 ) -> TrainOutput:
     """Train (or resume training) ``model`` on ``train_dataset``; returns a :class:`TrainOutput`.
 
@@ -434,6 +497,11 @@ def train(
             rewritten atomically, kept across resumes) and to the trackers. The evaluation logs of
             two runs give the training acceleration (:func:`masc_hf.evaluation.training_acceleration`).
         vqvae: the VQ tokenizer (a diffusers ``VQModel``): also write a ``MASCPipeline`` at the end.
+        cluster_loss_map: a flat model only: train with IAR's cluster-oriented loss over this map's
+            clusters (token CE + ``args.cluster_loss_weight`` x cluster CE; see
+            :class:`~masc_hf.training.losses.ClusterOrientedLoss`). The model stays flat and so do its
+            saved files and pipeline: the map only shapes the loss. The history logs ``token_loss`` and
+            ``cluster_loss`` besides ``loss``, their total.
 
     Checkpoints ``output_dir/checkpoint-<step>`` hold accelerate's state (model, optimiser, scheduler,
     RNG states; all loaded without unpickling objects), ``ema.safetensors`` when EMA is on, the
@@ -449,14 +517,15 @@ def train(
     from accelerate.utils import set_seed
 
     check_model_fits_data(model, train_dataset, cluster_map)
+    check_cluster_loss(cluster_loss_map, args.cluster_loss_weight, model=model, train_dataset=train_dataset, cluster_map=cluster_map)
     if vqvae is not None:
-        check_vq_fits_run(model, train_dataset, vqvae, cluster_map)
+        check_vq_fits_run(model, train_dataset, vqvae, cluster_map, cluster_loss_map)
     peak_lr, final_lr = paper_learning_rates(model.config, args)
     if final_lr > peak_lr:
         raise TrainingError(f"min_learning_rate={final_lr!r} is above the peak learning rate {peak_lr!r}; pass a smaller one (or none)")
     _check_output_dir(Path(args.output_dir))
     resume_dir, saved = _find_checkpoint(args)
-    record = _run_record(args, model, train_dataset, PartialState().num_processes)
+    record = _run_record(args, model, train_dataset, PartialState().num_processes, cluster_loss_map)
     changed = _check_resume(resume_dir, saved, record, args) if saved is not None else {}
     accelerator, log_with = _accelerator(args)
     set_seed(args.seed)
@@ -464,10 +533,13 @@ def train(
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model, optimizer, scheduler, dataloader, ema, total_steps = _prepare(accelerator, model, dataloader, args)
+    cluster_loss = None
+    if cluster_loss_map is not None:
+        cluster_loss = ClusterOrientedLoss(cluster_loss_map.mapping, _cluster_loss_weight(args, cluster_loss_map)).to(accelerator.device)
     state = _Progress()
     if resume_dir is not None:
         state, ema = _resume(accelerator, args, resume_dir, saved, changed, model, optimizer, scheduler, ema, total_steps)
-    _write_run_files(accelerator, args, log_with, model)
+    _write_run_files(accelerator, args, log_with, model, cluster_loss_map)
 
     output_dir = Path(args.output_dir)
     progress = _progress_bar(args, accelerator, total_steps, state.global_step)
@@ -479,7 +551,9 @@ def train(
         dataloader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(dataloader, state.consumed) if state.consumed else dataloader
         for codes, labels in batches:
-            out, grad_norm = _train_step(accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm)
+            loss, logits, parts, grad_norm = _train_step(
+                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss
+            )
             state.consumed += 1
             tokens_seen += codes.numel() * accelerator.num_processes
             if not accelerator.sync_gradients:
@@ -487,11 +561,11 @@ def train(
             state.global_step += 1
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model))
-            state.loss = float(accelerator.reduce(out.loss.detach(), reduction="mean"))
+            state.loss = _mean_over_processes(accelerator, loss)
             progress.update(1)
             if state.global_step % args.log_every == 0 or state.global_step == total_steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                _log_step(accelerator, log_with, progress, state, out.logits, grad_norm, scheduler, tokens_seen / elapsed)
+                _log_step(accelerator, log_with, progress, state, logits, parts, grad_norm, scheduler, tokens_seen / elapsed)
                 tokens_seen, window_start = 0, time.perf_counter()
             last = state.global_step == total_steps
             if eval_fn is not None and (last or (args.eval_every and state.global_step % args.eval_every == 0)):
@@ -622,16 +696,20 @@ def _find_checkpoint(args: ARTrainingArguments) -> tuple[Path | None, dict | Non
     return None, None
 
 
-def _run_record(args: ARTrainingArguments, model, train_dataset, num_processes: int) -> dict[str, Any]:
+def _run_record(args: ARTrainingArguments, model, train_dataset, num_processes: int, cluster_loss_map=None) -> dict[str, Any]:
     """What a resume must match (kept in each checkpoint's ``trainer_state.json`` as ``"run"``): the
     settings that are not free to change, as JSON values (the peak learning rate as used; a
-    ``min_learning_rate`` of None stays None: a tenth of the peak, whatever the peak)."""
+    ``min_learning_rate`` of None stays None: a tenth of the peak, whatever the peak; the cluster-loss
+    map by fingerprint and the weight as used)."""
     config = model.config
     not_recorded = (*RESUME_FREE, "output_dir", "resume", "allow_changed_settings")
     record = {name: value for name, value in asdict(args).items() if name not in not_recorded}
     record.update(learning_rate=paper_learning_rates(config, args)[0], num_processes=num_processes)
     record.update({name: getattr(config, name, None) for name in _model_fields()})
     record["train_dataset"] = {"num_examples": len(train_dataset), "tokenizer_fingerprint": _data_tokenizer_fingerprint(train_dataset)}
+    record.pop("cluster_loss_weight")  # the map, then its weight as used
+    record["cluster_loss_map"] = cluster_loss_map.fingerprint if cluster_loss_map is not None else None
+    record["cluster_loss_weight"] = _cluster_loss_weight(args, cluster_loss_map)
     return json.loads(json.dumps(record))
 
 
@@ -791,12 +869,15 @@ def _apply_changes(
         logger.warning("learning rate at step %d: %.3g before the change, %.3g now", state.global_step, before, inner._last_lr[0])
 
 
-def _write_run_files(accelerator, args: ARTrainingArguments, log_with, model) -> None:
+def _write_run_files(accelerator, args: ARTrainingArguments, log_with, model, cluster_loss_map=None) -> None:
     if accelerator.is_main_process:
         write_text_atomic(Path(args.output_dir) / "training_args.json", json.dumps(asdict(args), indent=2, default=str) + "\n")
     if log_with:
         config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("masc-hf", config={**config, "vocab_size": accelerator.unwrap_model(model).config.vocab_size})
+        config["vocab_size"] = accelerator.unwrap_model(model).config.vocab_size
+        if cluster_loss_map is not None:
+            config.update(cluster_loss_map=cluster_loss_map.fingerprint, cluster_loss_weight=_cluster_loss_weight(args, cluster_loss_map))
+        accelerator.init_trackers("masc-hf", config=config)
 
 
 def _progress_bar(args: ARTrainingArguments, accelerator, total_steps: int, initial: int):
@@ -805,27 +886,42 @@ def _progress_bar(args: ARTrainingArguments, accelerator, total_steps: int, init
     return tqdm(total=total_steps, initial=initial, desc="train", unit="step", disable=not (args.progress and accelerator.is_local_main_process))
 
 
-def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float):
-    """Forward (teacher forcing on the whole sequence), backward, clip, optimiser and schedule step."""
+def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float, cluster_loss=None):
+    """Forward (teacher forcing on the whole sequence), backward, clip, optimiser and schedule step.
+    Returns ``(loss, logits, parts, grad_norm)``: ``parts`` the :class:`ClusterLoss` with ``cluster_loss``, else None."""
     with accelerator.accumulate(model):
         # ids were checked where they entered (the dataset): no per-step range check (a host sync)
-        out = model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False)
-        accelerator.backward(out.loss)
+        if cluster_loss is None:
+            out = model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False)
+            loss, parts = out.loss, None
+        else:  # the model stays flat and predicts tokens: only the loss sees the map
+            out = model(input_ids=codes[:, :-1], class_labels=labels, check_inputs=False)
+            parts = cluster_loss(out.logits, codes)
+            loss = parts.loss
+        accelerator.backward(loss)
         grad_norm = None
         if accelerator.sync_gradients and max_grad_norm:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return out, grad_norm
+    return loss, out.logits, parts, grad_norm
 
 
-def _log_step(accelerator, log_with, progress, state: _Progress, logits, grad_norm, scheduler, tokens_per_s: float) -> None:
+def _mean_over_processes(accelerator, value: torch.Tensor) -> float:
+    return float(accelerator.reduce(value.detach(), reduction="mean"))
+
+
+def _log_step(accelerator, log_with, progress, state: _Progress, logits, parts, grad_norm, scheduler, tokens_per_s: float) -> None:
+    """One history record; with a cluster loss (``parts``), its token and cluster CE besides the total."""
+    losses = {} if parts is None else {"token_loss": parts.token_loss, "cluster_loss": parts.cluster_loss}
+    losses = {name: _mean_over_processes(accelerator, value) for name, value in losses.items()}
     entropy, entropy_norm = prediction_entropy(logits.detach())
     record = {
         "step": state.global_step,
         "epoch": state.epoch,
         "loss": state.loss,
+        **losses,
         "entropy": entropy,
         "entropy_normalized": entropy_norm,
         "lr": scheduler.get_last_lr()[0],
