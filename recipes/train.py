@@ -34,6 +34,11 @@ class RecipeArguments:
     cluster_loss_map: str | None = None  # flat model + IAR's cluster CE over this map's clusters (--cluster_loss_weight)
     vq: str | None = None  # the VQModel directory: also write a MASCPipeline at the end
     class_dropout_prob: float = 0.1  # for a new model: label dropout, which classifier-free guidance needs
+    train_refiner: bool = False  # MASC: train a refinement network (hierarchical decoding; --refiner_mode frozen|joint)
+    init_refiner: str | None = None  # a saved refiner to continue from (default: a new one, --refiner_* sizes)
+    refiner_width: int = 512  # a new refiner's width (the paper's 512, 4 heads, 1 layer)
+    refiner_heads: int = 4
+    refiner_layers: int = 1
 
 
 def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
@@ -47,7 +52,8 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
     paths = {name: (value if value not in none else None) for name, value in vars(recipe).items()}
     cluster_map = MASCClusterMap.from_pretrained(paths["cluster_map"]) if paths["cluster_map"] else None
     cluster_loss_map = MASCClusterMap.from_pretrained(paths["cluster_loss_map"]) if paths["cluster_loss_map"] else None
-    dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed)
+    refining = recipe.train_refiner or paths["init_refiner"] is not None
+    dataset = CodeShardDataset(recipe.codes_dir, cluster_map=cluster_map, seed=args.seed, with_fine_ids=refining and cluster_map is not None)
     # before the VQ and the model are loaded; train() checks again with the model
     check_cluster_loss(cluster_loss_map, args.cluster_loss_weight, train_dataset=dataset, cluster_map=cluster_map)
     vqvae = None
@@ -59,7 +65,27 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
         dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
         cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
     )
-    return {"model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae, "cluster_loss_map": cluster_loss_map}
+    refiner = None
+    if refining:
+        from masc_hf.models.refiner import MASCRefiner, MASCRefinerConfig
+
+        if not model.config.is_masc or cluster_map is None:
+            raise MASCError("--train_refiner trains a MASC model's refinement network: pass --cluster_map (and --init_from the trained model)")
+        if paths["init_refiner"]:
+            refiner = MASCRefiner.from_pretrained(paths["init_refiner"])
+        else:
+            config = MASCRefinerConfig.for_backbone(
+                model, hidden_size=recipe.refiner_width, num_attention_heads=recipe.refiner_heads, num_hidden_layers=recipe.refiner_layers
+            )
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                refiner = MASCRefiner(config, cluster_map=cluster_map)
+    return {
+        "model": model, "train_dataset": dataset, "cluster_map": cluster_map, "vqvae": vqvae, "cluster_loss_map": cluster_loss_map,
+        "refiner": refiner,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,6 +131,8 @@ class ARTrainingArguments:
     progress: bool = True
     allow_changed_settings: str | None = None  # on resume, e.g. "learning_rate,seed" (see the class docstring)
     cluster_loss_weight: float | None = None  # weight of the cluster CE of train(cluster_loss_map=...); None: 1.0 (IAR's)
+    refiner_mode: str = "frozen"  # train(refiner=...): "frozen" MASC model (the paper) or "joint"
+    refiner_loss_weight: float = 1.0  # joint mode: loss = cluster CE + this x the refiner's token CE
 
     def __post_init__(self) -> None:
         for name in ("log_with", "resume", "allow_changed_settings"):
@@ -196,6 +198,10 @@ class ARTrainingArguments:
             fail("mixed_precision", "is not one of 'no', 'bf16', 'fp16'")
         if self.cluster_loss_weight is not None and (not is_number(self.cluster_loss_weight) or self.cluster_loss_weight < 0):
             fail("cluster_loss_weight", "must be a finite number >= 0 (IAR's: 1.0; None: 1.0 with a cluster-loss map)")
+        if self.refiner_mode not in ("frozen", "joint"):
+            fail("refiner_mode", "is not 'frozen' (train the refiner on the trained MASC model, the paper's) or 'joint'")
+        if not is_number(self.refiner_loss_weight) or self.refiner_loss_weight < 0:
+            fail("refiner_loss_weight", "must be a finite number >= 0 (joint mode's weight of the refiner's CE)")
         if self.ema_decay is not None and (not is_number(self.ema_decay) or not 0 < self.ema_decay < 1):
             fail("ema_decay", "must lie in (0, 1), e.g. 0.9999 (None: no EMA copy)")
         if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
@@ -251,6 +257,8 @@ class TrainOutput:
     model: Any = None
     model_dir: str | None = None
     pipeline_dir: str | None = None
+    refiner: Any = None
+    refiner_dir: str | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -481,6 +489,7 @@ def train(
     eval_fn: Callable[[int, Any], dict[str, float]] | None = None,
     vqvae=None,
     cluster_loss_map=None,
+    refiner=None,
 ) -> TrainOutput:
     """Train (or resume training) ``model`` on ``train_dataset``; returns a :class:`TrainOutput`.
 
@@ -502,6 +511,12 @@ def train(
             :class:`~masc_hf.training.losses.ClusterOrientedLoss`). The model stays flat and so do its
             saved files and pipeline: the map only shapes the loss. The history logs ``token_loss`` and
             ``cluster_loss`` besides ``loss``, their total.
+        refiner: a MASC model's :class:`~masc_hf.models.refiner.MASCRefiner` to train (hierarchical
+            decoding): ``args.refiner_mode`` "frozen" (the model fixed, as the paper) or "joint"
+            (see :mod:`masc_hf.training.two_level`). The dataset must give the codebook ids too
+            (``CodeShardDataset(..., cluster_map=..., with_fine_ids=True)``). The history logs
+            ``coarse_loss`` and ``refiner_loss``; the refiner is saved to ``output_dir/refiner`` and
+            joins the pipeline.
 
     Checkpoints ``output_dir/checkpoint-<step>`` hold accelerate's state (model, optimiser, scheduler,
     RNG states; all loaded without unpickling objects), ``ema.safetensors`` when EMA is on, the
@@ -517,6 +532,8 @@ def train(
     from accelerate.utils import set_seed
 
     check_model_fits_data(model, train_dataset, cluster_map)
+    if refiner is not None:
+        model = _two_level(model, refiner, train_dataset, cluster_map, args)
     check_cluster_loss(cluster_loss_map, args.cluster_loss_weight, model=model, train_dataset=train_dataset, cluster_map=cluster_map)
     if vqvae is not None:
         check_vq_fits_run(model, train_dataset, vqvae, cluster_map, cluster_loss_map)
@@ -531,7 +548,7 @@ def train(
     set_seed(args.seed)
     dataloader = _dataloader(train_dataset, args, accelerator.num_processes)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        (model.model if refiner is not None else model).gradient_checkpointing_enable()
     model, optimizer, scheduler, dataloader, ema, total_steps = _prepare(accelerator, model, dataloader, args)
     cluster_loss = None
     if cluster_loss_map is not None:
@@ -550,9 +567,10 @@ def train(
             train_dataset.set_epoch(state.epoch)
         dataloader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(dataloader, state.consumed) if state.consumed else dataloader
-        for codes, labels in batches:
+        for codes, labels, *fine in batches:
+            fine = fine if refiner is not None else ()  # the codebook ids matter only to a refiner
             loss, logits, parts, grad_norm = _train_step(
-                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss
+                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss, fine
             )
             state.consumed += 1
             tokens_seen += codes.numel() * accelerator.num_processes
@@ -581,6 +599,22 @@ def train(
             state.epoch, state.consumed = state.epoch + 1, 0
     progress.close()
     return _finish(accelerator, model, ema, state, output_dir, cluster_map, vqvae, train_dataset)
+
+
+def _two_level(model, refiner, train_dataset, cluster_map, args: ARTrainingArguments):
+    """The MASC model and its refiner as one module to train (checked: they, the map and the data belong together)."""
+    from ..pipelines.pairing import check_refiner_fits
+    from .two_level import TwoLevelModel
+
+    check_refiner_fits(refiner, model, cluster_map, what="the model")
+    if cluster_map is None or not getattr(train_dataset, "with_fine_ids", False):
+        raise TrainingError(
+            "training a refiner needs the cluster map and a dataset giving the codebook ids beside the cluster ids: "
+            "CodeShardDataset(codes_dir, cluster_map=cluster_map, with_fine_ids=True)"
+        )
+    if getattr(refiner, "token_cluster", None) is None or not torch.equal(refiner.token_cluster.cpu(), torch.as_tensor(cluster_map.mapping)):
+        refiner.set_cluster_map(cluster_map)
+    return TwoLevelModel(model, refiner, args.refiner_mode, args.refiner_loss_weight)
 
 
 def _accelerator(args: ARTrainingArguments):
@@ -710,6 +744,8 @@ def _run_record(args: ARTrainingArguments, model, train_dataset, num_processes: 
     record.pop("cluster_loss_weight")  # the map, then its weight as used
     record["cluster_loss_map"] = cluster_loss_map.fingerprint if cluster_loss_map is not None else None
     record["cluster_loss_weight"] = _cluster_loss_weight(args, cluster_loss_map)
+    refiner = getattr(model, "refiner", None)
+    record["refiner"] = None if refiner is None else {k: v for k, v in refiner.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
     return json.loads(json.dumps(record))
 
 
@@ -886,18 +922,22 @@ def _progress_bar(args: ARTrainingArguments, accelerator, total_steps: int, init
     return tqdm(total=total_steps, initial=initial, desc="train", unit="step", disable=not (args.progress and accelerator.is_local_main_process))
 
 
-def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float, cluster_loss=None):
+def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float, cluster_loss=None, fine=()):
     """Forward (teacher forcing on the whole sequence), backward, clip, optimiser and schedule step.
-    Returns ``(loss, logits, parts, grad_norm)``: ``parts`` the :class:`ClusterLoss` with ``cluster_loss``, else None."""
+    Returns ``(loss, logits, parts, grad_norm)``: ``parts`` the named loss parts (cluster loss:
+    ``token_loss``, ``cluster_loss``; a refiner: ``coarse_loss``, ``refiner_loss``), else None."""
     with accelerator.accumulate(model):
         # ids were checked where they entered (the dataset): no per-step range check (a host sync)
-        if cluster_loss is None:
+        if fine:  # a MASC model and its refiner (TwoLevelModel)
+            loss, logits, parts = model(codes[:, :-1], labels, codes, fine[0])
+            out = type("Out", (), {"logits": logits})
+        elif cluster_loss is None:
             out = model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False)
             loss, parts = out.loss, None
         else:  # the model stays flat and predicts tokens: only the loss sees the map
             out = model(input_ids=codes[:, :-1], class_labels=labels, check_inputs=False)
-            parts = cluster_loss(out.logits, codes)
-            loss = parts.loss
+            cluster_parts = cluster_loss(out.logits, codes)
+            loss, parts = cluster_parts.loss, {"token_loss": cluster_parts.token_loss, "cluster_loss": cluster_parts.cluster_loss}
         accelerator.backward(loss)
         grad_norm = None
         if accelerator.sync_gradients and max_grad_norm:
@@ -913,9 +953,8 @@ def _mean_over_processes(accelerator, value: torch.Tensor) -> float:
 
 
 def _log_step(accelerator, log_with, progress, state: _Progress, logits, parts, grad_norm, scheduler, tokens_per_s: float) -> None:
-    """One history record; with a cluster loss (``parts``), its token and cluster CE besides the total."""
-    losses = {} if parts is None else {"token_loss": parts.token_loss, "cluster_loss": parts.cluster_loss}
-    losses = {name: _mean_over_processes(accelerator, value) for name, value in losses.items()}
+    """One history record; with loss parts (a cluster loss, a refiner), each besides the total."""
+    losses = {name: _mean_over_processes(accelerator, value) for name, value in (parts or {}).items()}
     entropy, entropy_norm = prediction_entropy(logits.detach())
     record = {
         "step": state.global_step,
@@ -999,23 +1038,30 @@ def _finish(accelerator, model, ema, state: _Progress, output_dir: Path, cluster
         if ema is not None:
             ema.copy_to(final)
         final.eval()
+        refiner = getattr(final, "refiner", None)
+        final = getattr(final, "model", final)  # a TwoLevelModel: the MASC model and its refiner
         model_dir = output_dir / "model"
         with staged_dir(model_dir) as tmp:
             final.save_pretrained(tmp)
         write_text_atomic(output_dir / HISTORY_NAME, json.dumps(state.history, indent=1) + "\n")
         output.model, output.model_dir = final, str(model_dir)
+        if refiner is not None:
+            with staged_dir(output_dir / "refiner") as tmp:
+                refiner.save_pretrained(tmp)
+            output.refiner, output.refiner_dir = refiner, str(output_dir / "refiner")
         if vqvae is not None:
-            output.pipeline_dir = str(write_pipeline(final, vqvae, cluster_map, output_dir / "pipeline", getattr(train_dataset, "class_names", None)))
+            class_names = getattr(train_dataset, "class_names", None)
+            output.pipeline_dir = str(write_pipeline(final, vqvae, cluster_map, output_dir / "pipeline", class_names, refiner=refiner))
     accelerator.end_training()
     return output
 
 
-def write_pipeline(model, vqvae, cluster_map, out_dir: Path, class_names: list[str] | None = None) -> Path:
-    """A ``MASCPipeline`` directory of a trained model, its VQ tokenizer and its map."""
+def write_pipeline(model, vqvae, cluster_map, out_dir: Path, class_names: list[str] | None = None, refiner=None) -> Path:
+    """A ``MASCPipeline`` directory of a trained model, its VQ tokenizer, its map (and refiner)."""
     from ..pipelines import MASCPipeline
 
     id2label = dict(enumerate(class_names)) if class_names and len(class_names) == model.config.num_classes else None
-    pipe = MASCPipeline(transformer=model.eval(), vqvae=vqvae, cluster_map=cluster_map, id2label=id2label)
+    pipe = MASCPipeline(transformer=model.eval(), vqvae=vqvae, cluster_map=cluster_map, id2label=id2label, refiner=refiner)
     with staged_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp)
     return out_dir
