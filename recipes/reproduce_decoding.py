@@ -154,6 +154,11 @@ def report(settings, results: list[dict], elapsed: float, command: str) -> Path:
         "FID is the Fréchet distance of a Fashion-MNIST classifier's penultimate features (not Inception), against the 10,000 "
         "test images; mean ± standard deviation over seeds. Images/s includes the VQ decoder.",
     ]
+    from masc_hf.evaluation.plots import plot_rows
+
+    metrics = ("fid", "class_consistency", "entropy_normalized", "images_per_s")
+    plot_rows({row: {m: [r[m] for r in results if r["row"] == row] for m in metrics} for row in ROWS}, out / "decoding_fashion_mnist.png")
+    lines.append("\nPlot: `decoding_fashion_mnist.png` (mean ± sd over seeds per row).")
     write_text_atomic(out / "decoding_fashion_mnist.md", "\n".join(lines) + "\n")
     table1._write_json(out / "decoding_fashion_mnist.json", {"settings": asdict(settings), "command": command, "results": results})
     return out / "decoding_fashion_mnist.md"

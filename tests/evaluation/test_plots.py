@@ -58,3 +58,14 @@ def test_metric_against_step_with_seeds_and_reference(tmp_path):
     opened(plot_metric_vs_step({"flat": eval_file}, "fid", tmp_path / "fid1.png", reference=20.0))
     with pytest.raises(MASCError, match="share no evaluated step"):
         plot_metric_vs_step({"masc": [[{"step": 1, "fid": 3.0}], [{"step": 2, "fid": 2.0}]]}, "fid", tmp_path / "x.png")
+
+
+def test_rows_plot_one_panel_per_metric(tmp_path):
+    from masc_hf.evaluation.plots import plot_rows
+
+    rows = {"masc + random": {"fid": [40.0, 44.0], "class_consistency": [0.7, 0.72]}, "flat": {"fid": [46.0, 47.0], "class_consistency": [0.69, 0.7]}}
+    path = plot_rows(rows, tmp_path / "rows.png")
+    size, _ = opened(path)
+    assert size[0] > size[1]  # two panels side by side
+    with pytest.raises(MASCError, match="no rows"):
+        plot_rows({}, tmp_path / "none.png")

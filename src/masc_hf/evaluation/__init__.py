@@ -53,6 +53,7 @@ _LAZY = {
     "token_tiles": "masc_hf.evaluation.gallery",
     "plot_entropy_per_position": "masc_hf.evaluation.plots",
     "plot_metric_vs_step": "masc_hf.evaluation.plots",
+    "plot_rows": "masc_hf.evaluation.plots",
     "plot_training_curves": "masc_hf.evaluation.plots",
     "check_maps_against_tokenizer": "masc_hf.evaluation.replacement",
     "format_replacement_table": "masc_hf.evaluation.replacement",
@@ -94,7 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .frechet import FrechetError, feature_statistics, frechet_distance
     from .gallery import cluster_gallery, token_tiles
-    from .plots import plot_entropy_per_position, plot_metric_vs_step, plot_training_curves
+    from .plots import plot_entropy_per_position, plot_metric_vs_step, plot_rows, plot_training_curves
     from .replacement import (
         check_maps_against_tokenizer,
         format_replacement_table,

@@ -143,6 +143,32 @@ def plot_metric_vs_step(
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def plot_rows(
+    results: dict[str, dict[str, list[float]]], path: str | os.PathLike, *, metrics: tuple[str, ...] | None = None
+) -> Path:
+    """One panel per metric, one bar per row (mean over seeds, whiskers ± one standard deviation).
+
+    ``results``: ``{row name: {metric: [value per seed]}}``, e.g. the rows of a table of runs.
+    """
+    import numpy as np
+
+    if not results:
+        raise MASCError("no rows to plot; pass {row name: {metric: [value per seed]}}")
+    metrics = metrics or tuple(next(iter(results.values())))
+    fig, axes = _figure(1, len(metrics), width=3.6 * len(metrics), height=3.4 + 0.12 * max(len(r) for r in results))
+    names = list(results)
+    for ax, metric in zip(axes, metrics):
+        values = [np.asarray(results[name].get(metric, []), dtype=float) for name in names]
+        means = [v.mean() if v.size else np.nan for v in values]
+        spreads = [v.std(ddof=1) if v.size > 1 else 0.0 for v in values]
+        ax.barh(range(len(names)), means, xerr=spreads, color="#4c72b0", alpha=0.85, capsize=3)
+        ax.set_yticks(range(len(names)), names if ax is axes[0] else [""] * len(names))
+        ax.invert_yaxis()
+        ax.set_title(metric.replace("_", " "))
+        ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def _figure(rows: int, cols: int, *, width: float, height: float, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
