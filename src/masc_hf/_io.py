@@ -116,6 +116,31 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def check_writable(path: str | os.PathLike, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` unless files can be created at ``path`` (a directory to fill or create): in it,
+    or, if it does not exist yet, in its nearest existing ancestor. Probed by creating a temporary
+    file, since a read-only file system refuses even root, whom permission bits never stop."""
+    ancestor = Path(path)
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise error(f"{what} cannot be created: {str(ancestor)!r} is a file; pass a directory path")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise error(f"{what} cannot be written: nothing can be created in {str(ancestor)!r} ({err.strerror or err}); choose a writable location") from None
+
+
+def _file_or_foreign(target: Path, own: set[str] | frozenset[str]) -> tuple[bool, list[str]]:
+    """``(target is a non-directory, the entries of the directory target that are not own)``."""
+    if not target.exists():
+        return False, []
+    if not target.is_dir():
+        return True, []
+    return False, foreign_entries(target, own)
+
+
 def foreign_entries(directory: str | os.PathLike, own: set[str] | frozenset[str]) -> list[str]:
     """Sorted names in ``directory`` that are not in ``own`` (a writer's own output names): what
     replacing the directory would delete that the writer did not make."""
@@ -126,11 +151,9 @@ def refuse_foreign_files(target: str | os.PathLike, own: set[str] | frozenset[st
     """Raise ``error`` if ``target`` exists as a file, or as a directory holding entries other than
     ``own`` (a save replaces the whole directory: it must not delete anyone else's files)."""
     target = Path(target)
-    if not target.exists():
-        return
-    if not target.is_dir():
+    is_file, foreign = _file_or_foreign(target, own)
+    if is_file:
         raise error(f"{target} exists and is not a directory; choose a directory path")
-    foreign = foreign_entries(target, own)
     if foreign:
         raise error(f"{target} holds files that are not part of {what} ({', '.join(foreign[:5])}); save into an empty or new directory")
 
@@ -140,18 +163,16 @@ def check_output_dir(target: str | os.PathLike, own: set[str] | frozenset[str], 
     names ``own``: it is new or empty, or ``overwrite`` is set and it holds nothing but ``own``
     names (what a previous run wrote), so that replacing it deletes nothing else."""
     target = Path(target)
-    if not target.exists():
-        return
-    if not target.is_dir():
+    is_file, foreign = _file_or_foreign(target, own)
+    if is_file:
         raise error(f"output {target} exists and is not a directory; choose another --out")
-    foreign = foreign_entries(target, own)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign) - 5} more)" if len(foreign) > 5 else "")
         raise error(
             f"output directory {target} holds files this tool did not write ({shown}); overwrite=True (--overwrite) "
             "replaces only a previous run's output, never other files: choose another --out, or move those files"
         )
-    if not overwrite and any(target.iterdir()):
+    if not overwrite and target.is_dir() and any(target.iterdir()):
         raise error(f"output directory {target} already exists and is not empty; pass overwrite=True (--overwrite) or another --out")
 
 

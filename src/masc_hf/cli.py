@@ -48,31 +48,10 @@ def _seed(text: str) -> int:
     return value
 
 
-def _probe_directory(path: Path, what: str) -> None:
-    """Raise unless files can be created in ``path`` or, if it does not exist yet, in its nearest
-    existing ancestor (created then): known before any long work, as root too (a read-only file
-    system refuses even root)."""
-    import tempfile
-
-    from .errors import MASCError
-
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise MASCError(f"{what} cannot be created: {str(ancestor)!r} is a file, not a directory; choose another path")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise MASCError(f"{what} cannot be written: nothing can be created in {str(ancestor)!r} ({err.strerror or err}); choose a writable location") from None
-
-
 def check_output_file(path: str, *, image: bool = False) -> None:
     """A file the command will write: its directory writable, not an existing directory, and for
     ``image`` an extension PIL can save."""
-    from pathlib import Path
-
+    from ._io import check_writable
     from .errors import MASCError
 
     target = Path(path)
@@ -84,19 +63,18 @@ def check_output_file(path: str, *, image: bool = False) -> None:
         formats = PIL.Image.registered_extensions()
         if formats.get(target.suffix.lower()) not in PIL.Image.SAVE:
             raise MASCError(f"--out {path!r}: PIL cannot write {target.suffix or 'files without an extension'!r} images; use .png, .jpg or .webp")
-    _probe_directory(target.parent, f"--out {path!r}")
+    check_writable(target.parent, f"--out {path!r}", MASCError)
 
 
 def check_output_directory(path: str) -> None:
     """A directory the command will write (replace): not an existing file, and its parent writable."""
-    from pathlib import Path
-
+    from ._io import check_writable
     from .errors import MASCError
 
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise MASCError(f"--out {path!r} is a file; pass a directory path")
-    _probe_directory(target.parent if not target.exists() else target, f"--out {path!r}")
+    check_writable(target, f"--out {path!r}", MASCError)
 
 
 def check_hub_repo_id(repo_id: str) -> None:

@@ -123,19 +123,9 @@ def check_model_fits_vq(model: Any, vqvae: VQModel, fingerprint: str | None = No
 
 def check_refiner_fits(refiner, model: Any, cluster_map: MASCClusterMap | None, what: str = "the transformer") -> None:
     """A refiner belongs to one MASC model (N, k, width, block size) and its cluster map (fingerprint)."""
-    from ..models.refiner import MASCRefiner
+    from ..models.refiner import check_refiner_fits as check
 
-    if not isinstance(refiner, MASCRefiner):
-        raise MASCError(f"refiner must be a MASCRefiner, got {type(refiner).__name__}")
-    if not _config(model).is_masc:
-        raise ClusterMapMismatchError(f"a refiner picks tokens inside clusters, but {what} is flat; drop refiner")
-    refiner.config.check_backbone(model, what=what)
-    expected = refiner.config.cluster_map_fingerprint
-    if cluster_map is not None and expected is not None and cluster_map.fingerprint != expected:
-        raise ClusterMapMismatchError(
-            f"the refiner was trained with cluster map {expected[:12]}... but the pipeline's map is {cluster_map.fingerprint[:12]}...; "
-            "use the refiner trained on this map"
-        )
+    check(refiner, model, cluster_map, what=what, error=ClusterMapMismatchError)
 
 
 def check_pipeline_components(transformer, vqvae, cluster_map, refiner=None) -> None:

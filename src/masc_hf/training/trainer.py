@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._io import clean_leftovers, publish_dir, staged_dir, write_text_atomic
+from .._io import check_writable, clean_leftovers, publish_dir, staged_dir, write_text_atomic
 from ..errors import MASCError
 from ..models.ar import prediction_entropy
 from .losses import IAR_CLUSTER_LOSS_WEIGHT, ClusterOrientedLoss
@@ -540,7 +540,7 @@ def train(
     peak_lr, final_lr = paper_learning_rates(model.config, args)
     if final_lr > peak_lr:
         raise TrainingError(f"min_learning_rate={final_lr!r} is above the peak learning rate {peak_lr!r}; pass a smaller one (or none)")
-    _check_output_dir(Path(args.output_dir))
+    check_writable(args.output_dir, f"output_dir={str(args.output_dir)!r}", TrainingError)  # before any step
     resume_dir, saved = _find_checkpoint(args)
     record = _run_record(args, model, train_dataset, PartialState().num_processes, cluster_loss_map)
     changed = _check_resume(resume_dir, saved, record, args) if saved is not None else {}
@@ -684,17 +684,6 @@ def _prepare(accelerator, model, dataloader, args: ARTrainingArguments):
     scheduler = accelerator.prepare(scheduler)
     ema = _EMA(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
     return model, optimizer, scheduler, dataloader, ema, total_steps
-
-
-def _check_output_dir(output_dir: Path) -> None:
-    """A directory training can write to: known before any step, not at the first checkpoint."""
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TrainingError(f"output_dir={str(output_dir)!r} cannot be created: {existing} is a file; pass a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({existing} is read-only); pass a directory you can write to")
 
 
 def _find_checkpoint(args: ARTrainingArguments) -> tuple[Path | None, dict | None]:
@@ -930,13 +919,12 @@ def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_gra
         # ids were checked where they entered (the dataset): no per-step range check (a host sync)
         if fine:  # a MASC model and its refiner (TwoLevelModel)
             loss, logits, parts = model(codes[:, :-1], labels, codes, fine[0])
-            out = type("Out", (), {"logits": logits})
         elif cluster_loss is None:
             out = model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False)
-            loss, parts = out.loss, None
+            loss, logits, parts = out.loss, out.logits, None
         else:  # the model stays flat and predicts tokens: only the loss sees the map
-            out = model(input_ids=codes[:, :-1], class_labels=labels, check_inputs=False)
-            cluster_parts = cluster_loss(out.logits, codes)
+            logits = model(input_ids=codes[:, :-1], class_labels=labels, check_inputs=False).logits
+            cluster_parts = cluster_loss(logits, codes)
             loss, parts = cluster_parts.loss, {"token_loss": cluster_parts.token_loss, "cluster_loss": cluster_parts.cluster_loss}
         accelerator.backward(loss)
         grad_norm = None
@@ -945,7 +933,7 @@ def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_gra
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return loss, out.logits, parts, grad_norm
+    return loss, logits, parts, grad_norm
 
 
 def _mean_over_processes(accelerator, value: torch.Tensor) -> float:

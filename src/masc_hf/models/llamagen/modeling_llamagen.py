@@ -538,10 +538,6 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel):
         return returned
 
     def _check_refiner(self, refiner) -> None:
-        from ..refiner import MASCRefiner
+        from ..refiner import check_refiner_fits
 
-        if not isinstance(refiner, MASCRefiner):
-            raise ModelInputError(f"refiner must be a MASCRefiner, got {type(refiner).__name__}")
-        if not self.config.is_masc:
-            raise ModelInputError("hierarchical decoding refines cluster ids, but this model is flat; drop refiner")
-        refiner.config.check_backbone(self, what=f"the model {self.config.name_or_path or type(self).__name__}")
+        check_refiner_fits(refiner, self, what=f"the model {self.config.name_or_path or type(self).__name__}")

@@ -7,9 +7,9 @@ with ``AutoConfig`` / ``AutoModel``, so a saved refiner loads with ``AutoModel.f
 from transformers import AutoConfig, AutoModel
 
 from .configuration_refiner import MASCRefinerConfig
-from .modeling_refiner import MASCRefiner, MASCRefinerOutput, MASCRefinerPreTrainedModel
+from .modeling_refiner import MASCRefiner, MASCRefinerOutput, MASCRefinerPreTrainedModel, check_refiner_fits
 
 AutoConfig.register(MASCRefinerConfig.model_type, MASCRefinerConfig, exist_ok=True)
 AutoModel.register(MASCRefinerConfig, MASCRefiner, exist_ok=True)
 
-__all__ = ["MASCRefiner", "MASCRefinerConfig", "MASCRefinerOutput", "MASCRefinerPreTrainedModel"]
+__all__ = ["MASCRefiner", "MASCRefinerConfig", "MASCRefinerOutput", "MASCRefinerPreTrainedModel", "check_refiner_fits"]

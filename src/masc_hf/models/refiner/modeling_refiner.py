@@ -253,3 +253,22 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
         inputs = self._embed(hidden_states[:, None], coarse_ids[:, None], previous_fine_ids[:, None])
         logits = self._decoder(inputs, cache_position, cache)[:, -1]
         return self.restrict_to_cluster(logits, coarse_ids) if restrict else logits
+
+
+def check_refiner_fits(refiner, model, cluster_map: MASCClusterMap | None = None, what: str = "the model", error: type[Exception] = ModelInputError) -> None:
+    """A refiner belongs to one MASC model (N, k, width, block size) and its cluster map (fingerprint).
+    ``error`` is raised for a refiner that is no :class:`MASCRefiner` or a flat ``model``; the size and
+    map mismatches raise :class:`~masc_hf.errors.ClusterMapMismatchError`."""
+    from ...errors import ClusterMapMismatchError
+
+    if not isinstance(refiner, MASCRefiner):
+        raise error(f"refiner must be a MASCRefiner, got {type(refiner).__name__}")
+    if not getattr(model, "config", model).is_masc:
+        raise error(f"a refiner picks tokens inside clusters, but {what} is flat; drop refiner")
+    refiner.config.check_backbone(model, what=what)
+    expected = refiner.config.cluster_map_fingerprint
+    if cluster_map is not None and expected is not None and cluster_map.fingerprint != expected:
+        raise ClusterMapMismatchError(
+            f"the refiner was trained with cluster map {expected[:12]}... but the pipeline's map is {cluster_map.fingerprint[:12]}...; "
+            "use the refiner trained on this map"
+        )
