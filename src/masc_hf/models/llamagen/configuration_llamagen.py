@@ -53,6 +53,14 @@ _MODEL_ARGS_NAMES = {
 _MODEL_ARGS_UNUSED = {"caption_dim", "model_type", "max_batch_size", "max_seq_len"}
 
 
+def ffn_width(hidden_size: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
+    """LlamaGen's SwiGLU width: int(8 * hidden_size / 3) (times ``multiplier``), rounded up to ``multiple_of``."""
+    width = int(2 * (4 * hidden_size) / 3)
+    if multiplier is not None:
+        width = int(multiplier * width)
+    return -(-width // multiple_of) * multiple_of
+
+
 class LlamaGenConfig(PretrainedConfig):
     r"""Hyper-parameters of LlamaGen's class-conditional transformer (``autoregressive.models.gpt``).
 
@@ -210,10 +218,7 @@ class LlamaGenConfig(PretrainedConfig):
     @property
     def intermediate_size(self) -> int:
         """FFN width: int(8 * hidden_size / 3) (times ffn_dim_multiplier), rounded up to multiple_of."""
-        width = int(2 * (4 * self.hidden_size) / 3)
-        if self.ffn_dim_multiplier is not None:
-            width = int(self.ffn_dim_multiplier * width)
-        return -(-width // self.multiple_of) * self.multiple_of
+        return ffn_width(self.hidden_size, self.multiple_of, self.ffn_dim_multiplier)
 
     @property
     def grid_size(self) -> int:

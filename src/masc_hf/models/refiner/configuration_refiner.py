@@ -8,6 +8,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ...errors import ClusterMapMismatchError, ModelConfigError
+from ..llamagen.configuration_llamagen import ffn_width  # the backbone's FFN rule, one home
 
 
 class MASCRefinerConfig(PretrainedConfig):
@@ -70,7 +71,7 @@ class MASCRefinerConfig(PretrainedConfig):
         self.num_hidden_layers = int(num_hidden_layers)
         self.num_attention_heads = int(num_attention_heads)
         if intermediate_size is None:
-            intermediate_size = -(-int(8 * self.hidden_size / 3) // 256) * 256
+            intermediate_size = ffn_width(self.hidden_size)
         self.intermediate_size = int(intermediate_size)
         self.block_size = int(block_size)
         self.rope_theta = float(rope_theta)
