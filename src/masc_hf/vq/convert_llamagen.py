@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,39 +304,12 @@ def convert_llamagen_vq_state_dict(
     outside the configured architecture and missing keys, with the fix.
     """
     config = config or LLAMAGEN_VQ_PRESETS["VQ-16"]
-    expected = expected_vq_shapes(config)
-    order = {key: n for n, key in enumerate(expected)}  # report problems in model order
-    converted: dict[str, torch.Tensor] = {}
-    foreign, unexpected, mismatched = [], [], []
-    present = set()  # diffusers keys the checkpoint provides, whatever their shape
-    for key, tensor in state_dict.items():
-        if key in DROPPED_KEYS:
-            continue
-        new_key = diffusers_vq_key(key)
-        if new_key is None:
-            foreign.append(key)
-            continue
-        present.add(new_key)
-        if new_key not in expected:
-            unexpected.append(key)
-        elif tuple(_as_diffusers_tensor(new_key, tensor).shape) != expected[new_key]:
-            want = (*expected[new_key], 1, 1) if _is_attention_projection(new_key) else expected[new_key]
-            mismatched.append((order[new_key], f"{key} is {list(tensor.shape)}, expected {list(want)}"))
-        else:
-            converted[new_key] = _as_diffusers_tensor(new_key, tensor).contiguous()
+    converted, foreign, problems = map_checked_state_dict(state_dict, expected_vq_shapes(config), diffusers_vq_key, llamagen_vq_key, DROPPED_KEYS)
     if foreign:
         raise CheckpointError(
             f"{len(foreign)} key(s) of the checkpoint are not part of a LlamaGen VQ tokenizer: {_some(foreign)}; "
             "pass the tokenizer's state dict (a GPT or discriminator checkpoint cannot be converted here)"
         )
-    missing = [llamagen_vq_key(k) or k for k in expected if k not in present]
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} tensor(s) have the wrong shape ({_some([m for _, m in sorted(mismatched)])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} key(s) are not in this architecture ({_some(unexpected)})")
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) are missing ({_some(missing)})")
     if problems:
         raise CheckpointError(
             f"the checkpoint does not fit the architecture {_describe(config)}: {'; '.join(problems)}. "
@@ -349,6 +322,50 @@ def convert_llamagen_vq_state_dict(
         normalized = l2_normalize_rows(codebook.detach().to(torch.float64).numpy())
         converted[CODEBOOK_KEY] = torch.from_numpy(normalized).to(codebook.dtype)
     return converted
+
+
+def map_checked_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    rename: Callable[[str], str | None],
+    original_name: Callable[[str], str | None],
+    dropped: frozenset[str] = frozenset(),
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Rename an original VQ state dict onto a diffusers layout and check it against ``expected``
+    (diffusers key -> shape). The one loop behind every VQ converter.
+
+    Returns ``(converted, foreign, problems)``: the renamed contiguous tensors (attention 1x1 kernels
+    as Linear weights); the keys ``rename`` does not know; one phrase per kind of misfit (wrong
+    shapes, keys outside the architecture, missing tensors named by ``original_name``), in model order.
+    """
+    order = {key: n for n, key in enumerate(expected)}  # report problems in model order
+    converted: dict[str, torch.Tensor] = {}
+    foreign, unexpected, mismatched = [], [], []
+    present = set()  # diffusers keys the checkpoint provides, whatever their shape
+    for key, tensor in state_dict.items():
+        if key in dropped:
+            continue
+        new_key = rename(key)
+        if new_key is None:
+            foreign.append(key)
+            continue
+        present.add(new_key)
+        if new_key not in expected:
+            unexpected.append(key)
+        elif tuple(_as_diffusers_tensor(new_key, tensor).shape) != tuple(expected[new_key]):
+            want = (*expected[new_key], 1, 1) if _is_attention_projection(new_key) else expected[new_key]
+            mismatched.append((order[new_key], f"{key} is {list(tensor.shape)}, expected {list(want)}"))
+        else:
+            converted[new_key] = _as_diffusers_tensor(new_key, tensor).contiguous()
+    missing = [original_name(k) or k for k in expected if k not in present]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensor(s) have the wrong shape ({_some([m for _, m in sorted(mismatched)])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} key(s) are not in this architecture ({_some(unexpected)})")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) are missing ({_some(missing)})")
+    return converted, foreign, problems
 
 
 def load_llamagen_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -395,19 +412,25 @@ def convert_llamagen_vq(
         convert_llamagen_vq("vq_ds16_c2i.pt", "llamagen-vq16")
         vqmodel = diffusers.VQModel.from_pretrained("llamagen-vq16")
     """
-    from safetensors.torch import save_file
-
     config = resolve_vq_config(config)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, VQMODEL_FILES, overwrite=overwrite, error=CheckpointError)
 
     converted = convert_llamagen_vq_state_dict(load_llamagen_state_dict(checkpoint), config)
-    with staged_dir(out_dir) as staging:
-        save_file(converted, staging / VQMODEL_WEIGHTS_NAME, metadata={"format": "pt"})
-        empty_vqmodel(config, sample_size=sample_size).save_config(staging)
-        check_output_dir(out_dir, VQMODEL_FILES, overwrite=overwrite, error=CheckpointError)  # again: it may have changed meanwhile
+    write_model_dir(out_dir, converted, empty_vqmodel(config, sample_size=sample_size), overwrite=overwrite)
     logger.info("wrote diffusers VQModel (%s, %d tensors) to %s", _describe(config), len(converted), out_dir)
     return out_dir
+
+
+def write_model_dir(out_dir: Path, tensors: Mapping[str, torch.Tensor], model: Any, *, overwrite: bool) -> None:
+    """Write converted ``tensors`` and ``model``'s diffusers config as a model directory, staged beside
+    ``out_dir`` and renamed into place (a failed run leaves nothing behind)."""
+    from safetensors.torch import save_file
+
+    with staged_dir(out_dir) as staging:
+        save_file(dict(tensors), staging / VQMODEL_WEIGHTS_NAME, metadata={"format": "pt"})
+        model.save_config(staging)
+        check_output_dir(out_dir, VQMODEL_FILES, overwrite=overwrite, error=CheckpointError)  # again: it may have changed meanwhile
 
 
 def _describe(config: LlamaGenVQConfig) -> str:
