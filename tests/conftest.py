@@ -33,3 +33,16 @@ def llamagen_fixtures() -> Path:
             pytest.fail(f"LlamaGen fixtures not found at {FIXTURES}; set MASC_HF_FIXTURES")
         pytest.skip(f"LlamaGen fixtures not found at {FIXTURES}; set MASC_HF_FIXTURES")
     return FIXTURES
+
+
+IAR2_FIXTURES = Path(os.environ.get("MASC_HF_IAR2_FIXTURES", FIXTURES.parent / "iar2"))
+
+
+@pytest.fixture(scope="session")
+def iar2_fixtures() -> Path:
+    """The IAR2 golden fixtures (dual-codebook tokenizer, AR model) in ../shared/fixtures/iar2."""
+    if not (IAR2_FIXTURES / "README.md").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"IAR2 fixtures not found at {IAR2_FIXTURES}; set MASC_HF_IAR2_FIXTURES")
+        pytest.skip(f"IAR2 fixtures not found at {IAR2_FIXTURES}; set MASC_HF_IAR2_FIXTURES")
+    return IAR2_FIXTURES

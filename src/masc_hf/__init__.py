@@ -1,4 +1,4 @@
-"""masc-hf: MASC cluster maps, LlamaGen models and pipelines on the Hugging Face stack.
+"""masc-hf: MASC cluster maps, LlamaGen models, IAR2 tokenizers and pipelines on the Hugging Face stack.
 
 The top-level namespace is lazy: ``import masc_hf`` costs almost nothing, and each name is
 imported from its layer on first use (``masc_hf.build_cluster_map`` pulls in numpy and scipy
@@ -28,6 +28,7 @@ _LAZY = {
     "ClusterMapError": "masc_hf.errors",
     "ClusterMapMismatchError": "masc_hf.errors",
     "CodebookError": "masc_hf.errors",
+    "DualCodebookVQModel": "masc_hf.vq",
     "LlamaGenConfig": "masc_hf.models",
     "LlamaGenForImageGeneration": "masc_hf.models",
     "MASCPipeline": "masc_hf.pipelines",
@@ -81,3 +82,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import ClusterMapError, ClusterMapMismatchError, CodebookError, MASCError
     from .models import LlamaGenConfig, LlamaGenForImageGeneration
     from .pipelines import MASCPipeline
+    from .vq import DualCodebookVQModel

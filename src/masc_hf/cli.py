@@ -159,9 +159,14 @@ def _add_codebook_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codebook",
         required=True,
-        help=".npy, .safetensors (see --tensor), an original LlamaGen VQ checkpoint .pt, or a diffusers VQModel directory",
+        help=".npy, .safetensors (see --tensor), an original LlamaGen VQ checkpoint .pt, a diffusers VQModel directory, "
+        "or a DualCodebookVQModel directory (with --tensor semantic|detail)",
     )
-    parser.add_argument("--tensor", help="tensor name inside a .safetensors file (default: the LlamaGen codebook key, or its only 2-D tensor)")
+    parser.add_argument(
+        "--tensor",
+        help="tensor name inside a .safetensors file (default: the LlamaGen codebook key, or its only 2-D tensor); "
+        "for a DualCodebookVQModel directory: semantic or detail",
+    )
 
 
 @command
@@ -320,6 +325,29 @@ def _register_convert_vq(subparsers) -> None:
         check_output_directory(args.out)
         out = convert_llamagen_vq(args.checkpoint, args.out, config=args.config, overwrite=args.overwrite)
         print(f"saved diffusers VQModel to {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+@command
+def _register_convert_iar2_vq(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert-iar2-vq", help="convert IAR2's dual-codebook tokenizer checkpoint (e.g. 0485000.pt) into a DualCodebookVQModel directory"
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="original .pt (read with weights_only) or .safetensors state dict")
+    p.add_argument(
+        "--config", metavar="FILE", help="architecture JSON (like fixtures/iar2/vq/config.json) or the preset IAR2-VQ-16 (default: IAR2-VQ-16)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory; loads with masc_hf.DualCodebookVQModel.from_pretrained")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous conversion in DIR (a directory with other files is refused)")
+
+    def run(args) -> int:
+        from .vq.convert_iar2 import convert_iar2_vq
+
+        check_output_directory(args.out)
+        out = convert_iar2_vq(args.checkpoint, args.out, config=args.config, overwrite=args.overwrite)
+        print(f"saved DualCodebookVQModel to {out}; load with masc_hf.DualCodebookVQModel.from_pretrained")
         return 0
 
     p.set_defaults(func=run)

@@ -1,5 +1,5 @@
-"""Image tokenizers: LlamaGen's VQ as a diffusers ``VQModel`` (conversion of original checkpoints),
-images <-> token ids, and the codebook loaders.
+"""Image tokenizers: LlamaGen's VQ as a diffusers ``VQModel`` and IAR2's dual-codebook tokenizer
+(conversion of original checkpoints), images <-> token ids, and the codebook loaders.
 
 The namespace is lazy: ``import masc_hf.vq`` imports neither torch nor diffusers. The codebook
 loaders need numpy and safetensors only; conversion and the image helpers import torch and
@@ -29,6 +29,12 @@ _LAZY = {
     "convert_llamagen_vq_state_dict": "masc_hf.vq.convert_llamagen",
     "load_llamagen_state_dict": "masc_hf.vq.convert_llamagen",
     "load_llamagen_vq": "masc_hf.vq.convert_llamagen",
+    "DualCodebookVQModel": "masc_hf.vq.dual_codebook",
+    "DualVQConfig": "masc_hf.vq.convert_iar2",
+    "IAR2_VQ_PRESETS": "masc_hf.vq.convert_iar2",
+    "convert_iar2_vq": "masc_hf.vq.convert_iar2",
+    "convert_iar2_vq_state_dict": "masc_hf.vq.convert_iar2",
+    "load_iar2_vq": "masc_hf.vq.convert_iar2",
     "decode_ids": "masc_hf.vq.tokens",
     "downsample_factor": "masc_hf.vq.tokens",
     "encode_images": "masc_hf.vq.tokens",
@@ -55,4 +61,6 @@ if TYPE_CHECKING:  # pragma: no cover
         load_llamagen_state_dict,
         load_llamagen_vq,
     )
+    from .convert_iar2 import IAR2_VQ_PRESETS, DualVQConfig, convert_iar2_vq, convert_iar2_vq_state_dict, load_iar2_vq
+    from .dual_codebook import DualCodebookVQModel
     from .tokens import decode_ids, downsample_factor, encode_images

@@ -37,14 +37,19 @@ def load_codebook(source: Any, tensor: str | None = None) -> tuple[np.ndarray, s
     """``(codebook [N, d], description)`` from any source a user names.
 
     ``source``: a diffusers ``VQModel`` (instance or directory, also a pipeline directory with
-    ``vqvae/``: the codebook as the decoder sees it), an original LlamaGen VQ checkpoint
+    ``vqvae/``: the codebook as the decoder sees it), a ``DualCodebookVQModel`` (instance or
+    directory; ``tensor`` is ``"semantic"`` or ``"detail"``, see :func:`load_dual_codebook`), an original LlamaGen VQ checkpoint
     (``.pt``/``.pth``/``.ckpt``/``.bin``: rows l2-normalised as the tokenizer uses them), or a
     ``.npy`` / ``.safetensors`` array file (see :func:`read_codebook_file`; ``tensor`` names the array).
     """
     if hasattr(source, "quantize"):
+        if hasattr(source.quantize, "semantic_embedding"):
+            return load_dual_codebook(source, tensor), f"{codebook_source_name(source)} ({tensor} codebook of a DualCodebookVQModel)"
         return load_codebook_from_vqmodel(source), f"{codebook_source_name(source)} (diffusers VQModel)"
     path = Path(source)
     if path.is_dir():
+        if _dual_config(path) is not None:
+            return load_dual_codebook(path, tensor), f"{path.name} ({tensor} codebook of a DualCodebookVQModel)"
         return load_codebook_from_vqmodel(path), f"{path.name} (diffusers VQModel)"
     if path.suffix.lower() in TORCH_SUFFIXES:
         return load_codebook_from_llamagen_checkpoint(path), f"{path.name} (LlamaGen VQ checkpoint, l2-normalised)"
@@ -61,11 +66,54 @@ def load_codebook_from_vqmodel(path_or_model: Any) -> np.ndarray:
     Reading from disk does not import torch (except for bfloat16 weights).
     """
     quantize = getattr(path_or_model, "quantize", None)
+    if hasattr(quantize, "semantic_embedding") or (quantize is None and _dual_config(Path(path_or_model)) is not None):
+        raise CodebookError(
+            f"{codebook_source_name(path_or_model)} is a dual-codebook tokenizer (DualCodebookVQModel): read one of its "
+            "codebooks with load_codebook(source, tensor='semantic' or 'detail') (CLI: --tensor semantic|detail)"
+        )
     if quantize is not None:
         weight = quantize.embedding.weight.detach()
         return weight.float().cpu().numpy().copy()
     weights = _vqmodel_weights_file(Path(path_or_model))
     return _read_tensor(weights, CODEBOOK_KEY, np.float32)
+
+
+DUAL_CODEBOOK_KEYS = {"semantic": "quantize.semantic_embedding.weight", "detail": "quantize.detail_embedding.weight"}
+IAR2_DETAIL_KEY = "quantize.embedding_second"  # the detail codebook in IAR2's original checkpoints
+
+
+def load_dual_codebook(path_or_model: Any, which: str | None) -> np.ndarray:
+    """One codebook of a ``DualCodebookVQModel`` (instance or directory), ``[N, d]`` float32, rows
+    as the decoder receives them: ``which="semantic"`` (l2-normalised when the model normalises)
+    or ``"detail"`` (raw). A MASC map can be built over either."""
+    if which not in DUAL_CODEBOOK_KEYS:
+        raise CodebookError(
+            f"a dual-codebook tokenizer has two codebooks: choose one with --tensor semantic or --tensor detail "
+            f"(tensor='semantic' / 'detail'), got {which!r}"
+        )
+    quantize = getattr(path_or_model, "quantize", None)
+    if quantize is not None:
+        rows = quantize.semantic_rows() if which == "semantic" else quantize.detail_rows()
+        return rows.detach().float().cpu().numpy().copy()
+    path = Path(path_or_model)
+    folder = path if (path / "config.json").is_file() else path / "vqvae"
+    config = _dual_config(path) or {}
+    array = _read_tensor(_vqmodel_weights_file(folder, DUAL_CODEBOOK_KEYS[which]), DUAL_CODEBOOK_KEYS[which], np.float64)
+    if which == "semantic" and config.get("codebook_l2_norm", True):
+        array = _normalized(array)
+    return array.astype(np.float32)
+
+
+def _dual_config(path: Path) -> dict | None:
+    """The config of a ``DualCodebookVQModel`` directory (or of a pipeline's ``vqvae/``), else None."""
+    for folder in (path, path / "vqvae"):
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(config, dict) and config.get("_class_name") == "DualCodebookVQModel":
+            return config
+    return None
 
 
 # Same function, the name the tokenizer helpers use for it.
@@ -84,11 +132,15 @@ def load_codebook_from_llamagen_checkpoint(path: str | os.PathLike) -> np.ndarra
     if not path.is_file():
         raise CodebookError(f"LlamaGen VQ checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        if IAR2_DETAIL_KEY in _safetensors_keys(path):
+            raise CodebookError(_dual_original_message(path))
         raw = _read_tensor(path, CODEBOOK_KEY, np.float64)
     elif path.suffix in TORCH_SUFFIXES:
         from .._checkpoints import read_state_dict
 
         state_dict = read_state_dict(path, wrappers=LLAMAGEN_VQ_WRAPPERS)
+        if IAR2_DETAIL_KEY in state_dict:
+            raise CodebookError(_dual_original_message(path))
         if CODEBOOK_KEY not in state_dict:
             raise CodebookError(_missing_key_message(path, list(state_dict)))
         raw = state_dict[CODEBOOK_KEY].detach().double().numpy()
@@ -117,6 +169,8 @@ def read_codebook_file(path: str | os.PathLike, tensor: str | None = None) -> tu
             raise CodebookError(f"{path} is not a plain numpy array file ({err}); save it with np.save") from err
     if suffix == ".safetensors":
         tensor = _codebook_tensor_name(path, tensor)
+        if tensor == CODEBOOK_KEY and IAR2_DETAIL_KEY in _safetensors_keys(path):
+            raise CodebookError(_dual_original_message(path))
         array = _read_tensor(path, tensor, np.float64)
         if tensor == CODEBOOK_KEY:  # LlamaGen looks rows up l2-normalised: cluster what it uses
             return _normalized(array), f"{path.name}:{tensor} (l2-normalised, LlamaGen VQ)"
@@ -167,8 +221,8 @@ def codebook_source_name(source: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _vqmodel_weights_file(path: Path) -> Path:
-    """The safetensors file holding the codebook of a VQModel directory (or the file itself)."""
+def _vqmodel_weights_file(path: Path, key: str = CODEBOOK_KEY) -> Path:
+    """The safetensors file holding tensor ``key`` (the codebook) of a VQModel directory (or the file itself)."""
     if path.is_file():
         if path.suffix != ".safetensors":
             raise CodebookError(f"{path}: a diffusers VQModel codebook is read from safetensors weights; got {path.suffix!r}")
@@ -180,8 +234,8 @@ def _vqmodel_weights_file(path: Path) -> Path:
             return folder / VQMODEL_WEIGHTS_NAME
         if (folder / _VQMODEL_INDEX).is_file():  # sharded weights: find the shard with the codebook
             weight_map = json.loads((folder / _VQMODEL_INDEX).read_text()).get("weight_map", {})
-            if CODEBOOK_KEY in weight_map:
-                return folder / weight_map[CODEBOOK_KEY]
+            if key in weight_map:
+                return folder / weight_map[key]
     raise CodebookError(
         f"{path} holds no diffusers VQModel weights ({VQMODEL_WEIGHTS_NAME}, here or in vqvae/); "
         "convert a LlamaGen checkpoint with `masc-hf convert-vq`, or save the model with "
@@ -219,3 +273,20 @@ def _missing_key_message(path: Path, keys: list[str]) -> str:
         f"{path} has no {CODEBOOK_KEY!r} among its {len(keys)} tensors ({shown}); "
         "expected a LlamaGen VQ tokenizer checkpoint (GPT checkpoints carry no codebook)"
     )
+
+
+def _dual_original_message(path: Path) -> str:
+    return (
+        f"{path} is an IAR2 dual-codebook tokenizer checkpoint (it has {IAR2_DETAIL_KEY}): convert it with "
+        "`masc-hf convert-iar2-vq` and pass the converted directory with --tensor semantic or --tensor detail"
+    )
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError) as err:
+        raise CodebookError(f"{path} is not a readable safetensors file: {err}") from None
