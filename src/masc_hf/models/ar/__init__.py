@@ -1,8 +1,9 @@
-"""The AR core shared by every class-conditional image transformer here (LlamaGen now; IAR2 and the
-MASC refinement head next): 2D RoPE, attention over a static KV cache, the decoder layer, sampling
+"""The AR core shared by every class-conditional image transformer here (LlamaGen, IAR2, the MASC
+refinement head): 2D RoPE, attention over a static KV cache, the decoder layer, sampling
 and the guidance combination."""
 
 from .cache import StaticKVCache
+from .conditioning import ClassConditioning
 from .guidance import classifier_free_guidance, guidance_rows
 from .layers import Attention, DecoderLayer, DropPath, RMSNorm, SwiGLU, run_layers
 from .rope import RotaryEmbedding2D, apply_rope_2d, rope_2d_table
@@ -18,6 +19,7 @@ from .sampling import (
 
 __all__ = [
     "Attention",
+    "ClassConditioning",
     "DecoderLayer",
     "DropPath",
     "RMSNorm",

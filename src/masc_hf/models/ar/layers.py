@@ -94,10 +94,15 @@ class Attention(nn.Module):
         cache: StaticKVCache | None = None,
         cache_position: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_first_key_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``hidden_states`` ``[B, S, hidden]``. Without a cache the S positions attend causally to each
         other; with one they are written at ``cache_position`` ``[S]`` and attend to the cache under
-        ``attention_mask`` ``[S, max_len]`` (:meth:`StaticKVCache.attention_mask`)."""
+        ``attention_mask`` ``[S, max_len]`` (:meth:`StaticKVCache.attention_mask`).
+
+        ``return_first_key_attention``: attend by an explicit softmax and also return each query's
+        attention probability to key 0 (the class position), ``[B, heads, S]`` float32 (IAR2's
+        attention-guided CFG reads it from the last layer)."""
         batch, length, _ = hidden_states.shape
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         query, key, value = self.qkv_proj(hidden_states).split([q_size, kv_size, kv_size], dim=-1)
@@ -109,26 +114,44 @@ class Attention(nn.Module):
         if self.num_kv_heads != self.num_heads:
             key = key.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             value = value.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
-        output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=None if cache is None else attention_mask[None, None],
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            is_causal=cache is None and length > 1,
-        )
-        output = output.transpose(1, 2).reshape(batch, length, q_size)
-        return self.resid_dropout(self.o_proj(output))
+        first_key = None
+        if return_first_key_attention:
+            if attention_mask is None:  # causal over the S positions
+                attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * self.head_dim**-0.5
+            probs = scores.masked_fill(~attention_mask[None, None], float("-inf")).softmax(dim=-1)
+            first_key = probs[..., 0]
+            probs = F.dropout(probs, self.attention_dropout, self.training)
+            output = torch.matmul(probs.to(value.dtype), value)
+        else:
+            output = F.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=None if cache is None else attention_mask[None, None],
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                is_causal=cache is None and length > 1,
+            )
+        output = self.resid_dropout(self.o_proj(output.transpose(1, 2).reshape(batch, length, q_size)))
+        return output if first_key is None else (output, first_key)
 
 
 def run_layers(
-    layers, hidden_states: torch.Tensor, rotary_emb, positions: torch.Tensor, cache: StaticKVCache | None = None
-) -> torch.Tensor:
+    layers,
+    hidden_states: torch.Tensor,
+    rotary_emb,
+    positions: torch.Tensor,
+    cache: StaticKVCache | None = None,
+    last_layer_first_key_attention: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``hidden_states`` ``[B, S, hidden]`` through ``layers`` at ``positions`` ``[S]``: causal over the
-    sequence, or written to and attending over ``cache`` when one is given."""
+    sequence, or written to and attending over ``cache`` when one is given. With
+    ``last_layer_first_key_attention`` also return the last layer's attention to key 0 ``[B, heads, S]``."""
     cos, sin = rotary_emb(positions)
     mask = cache.attention_mask(positions) if cache is not None else None
-    for layer in layers:
+    for n, layer in enumerate(layers):
+        if last_layer_first_key_attention and n == len(layers) - 1:
+            return layer(hidden_states, cos, sin, cache, positions, mask, return_first_key_attention=True)
         hidden_states = layer(hidden_states, cos, sin, cache, positions, mask)
     return hidden_states
 
@@ -165,7 +188,14 @@ class DecoderLayer(GradientCheckpointingLayer):
         cache: StaticKVCache | None = None,
         cache_position: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(hidden_states), cos, sin, cache, cache_position, attention_mask)
+        return_first_key_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        attn = self.self_attn(
+            self.input_layernorm(hidden_states), cos, sin, cache, cache_position, attention_mask, return_first_key_attention
+        )
+        first_key = None
+        if return_first_key_attention:
+            attn, first_key = attn
         hidden_states = hidden_states + self.drop_path(attn)
-        return hidden_states + self.drop_path(self.mlp(self.post_attention_layernorm(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.post_attention_layernorm(hidden_states)))
+        return hidden_states if first_key is None else (hidden_states, first_key)

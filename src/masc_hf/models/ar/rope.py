@@ -38,12 +38,16 @@ class RotaryEmbedding2D(nn.Module):
     """The 2D RoPE table as non-persistent float32 buffers (rebuilt from the sizes, never saved).
 
     ``forward(positions)`` returns the ``[S, head_dim // 2]`` cos and sin of the positions ``[S]`` (a
-    tensor, so a compiled decode step sees one shape at every position).
+    tensor, so a compiled decode step sees one shape at every position). Position ``t`` after the
+    class positions uses grid cell ``(t - cls_token_num) // cell_repeat``: 1 is LlamaGen's layout;
+    IAR2's released models use 2 (every cell's row appears twice in their table, a quirk their
+    weights were trained with).
     """
 
-    def __init__(self, block_size: int, head_dim: int, theta: float, cls_token_num: int = 1) -> None:
+    def __init__(self, block_size: int, head_dim: int, theta: float, cls_token_num: int = 1, cell_repeat: int = 1) -> None:
         super().__init__()
         self.sizes = (block_size, head_dim, theta, cls_token_num)
+        self.cls_token_num, self.cell_repeat = cls_token_num, cell_repeat
         cos, sin = rope_2d_table(*self.sizes)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -56,4 +60,7 @@ class RotaryEmbedding2D(nn.Module):
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cos.dtype != torch.float32:  # a model-wide .to(bf16) cast the table; the reference keeps it float32
             self.reset_table()
+        if self.cell_repeat != 1:
+            first = self.cls_token_num
+            positions = torch.where(positions < first, positions, first + torch.div(positions - first, self.cell_repeat, rounding_mode="floor"))
         return self.cos[positions], self.sin[positions]
