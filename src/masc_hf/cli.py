@@ -310,6 +310,36 @@ def _run_convert_llamagen(args) -> int:
     return 0
 
 
+@command
+def _register_convert_iar2(subparsers) -> None:
+    p = subparsers.add_parser("convert-iar2", help="convert a released IAR2 class-conditional checkpoint (IAR2-B/L/XL/XXL) into an HF model directory")
+    p.add_argument("--checkpoint", required=True, help="original .pt (bare state dict or under model/ema/module) or .safetensors")
+    arch = p.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--preset", help="IAR2-B, IAR2-L, IAR2-XL or IAR2-XXL (384 px)")
+    arch.add_argument("--config", help="JSON with IAR2 ModelArgs fields (optionally under 'model_args', like fixtures/iar2/gpt/config.json)")
+    p.add_argument("--out", required=True, help="output directory (config.json + generation_config.json + model.safetensors)")
+    p.add_argument("--state-dict-key", help="entry of the .pt dict holding the weights (default: the dict itself, or model, ema, module)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast the weights (default: keep)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous conversion in --out (a directory with other files is refused)")
+
+    def run(args) -> int:
+        import torch
+
+        from .models.iar2.configuration_iar2 import IAR2Config
+        from .models.iar2.convert_iar2 import convert_iar2_checkpoint, load_config_file
+
+        check_output_directory(args.out)
+        config = IAR2Config.from_preset(args.preset, rope_cell_repeat=2) if args.preset else load_config_file(args.config)
+        out = convert_iar2_checkpoint(
+            args.checkpoint, args.out, config, state_dict_key=args.state_dict_key,
+            dtype=getattr(torch, args.dtype) if args.dtype else None, overwrite=args.overwrite,
+        )
+        print(f"converted {args.checkpoint} -> {out}; load with masc_hf + AutoModel.from_pretrained")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------------------- tokenizers
 @command
 def _register_convert_vq(subparsers) -> None:
