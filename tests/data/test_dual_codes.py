@@ -161,9 +161,11 @@ def test_another_tokenizer_is_refused_with_both_fingerprints(dual_vq, vqmodel, n
     single_fp, dual_fp = single.tokenizer_fingerprint, dual.tokenizer_fingerprint
 
     # resuming a single-codebook extraction with a dual tokenizer, and the other way round
-    with pytest.raises(DataError, match=rf"single-codebook tokenizer .*{single_fp}.* dual-codebook tokenizer .*{dual_fp}.*write to a new directory"):
+    single_then_dual = rf"single-codebook tokenizer .*{single_fp}.* dual-codebook tokenizer .*{dual_fp}.*write to a new directory"
+    with pytest.raises(DataError, match=single_then_dual):
         extract_codes(parquet, dual_vq, tmp_path / "single", augment="none", **KWARGS)
-    with pytest.raises(DataError, match=rf"dual-codebook tokenizer .*{dual_fp}.* single-codebook tokenizer .*{single_fp}.*tokenizer that wrote them"):
+    dual_then_single = rf"dual-codebook tokenizer .*{dual_fp}.* single-codebook tokenizer .*{single_fp}.*tokenizer that wrote them"
+    with pytest.raises(DataError, match=dual_then_single):
         extract_codes(parquet, vqmodel, tmp_path / "dual", augment="none", **KWARGS)
     # another dual tokenizer of the same sizes
     other = tiny_dual_vq(seed=1)
@@ -182,8 +184,9 @@ def test_another_tokenizer_is_refused_with_both_fingerprints(dual_vq, vqmodel, n
 def write_dual_set(directory, semantic, detail, num_tokens=8, num_detail_tokens=100):
     """A one-shard dual set of ``semantic``/``detail`` ids ``[n, 1, 4]`` (labels 0..n-1), written by hand."""
     manifest = CodeShardManifest(
-        tokenizer_fingerprint="d" * 64, num_tokens=num_tokens, num_detail_tokens=num_detail_tokens, image_size=8, grid_size=(2, 2), shard_size=4
-    )
+        tokenizer_fingerprint="d" * 64, num_tokens=num_tokens, num_detail_tokens=num_detail_tokens,
+        image_size=8, grid_size=(2, 2), shard_size=4,
+    )  # fmt: skip
     writer = CodeShardWriter(directory, manifest)
     writer.write_shard(0, semantic, np.arange(len(semantic)), num_raw=len(semantic), detail_ids=detail)
     return writer.finish(1)

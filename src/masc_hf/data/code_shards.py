@@ -97,13 +97,16 @@ class CodeShardManifest:
         _check_codes_dtype("codes_dtype", self.codes_dtype, self.num_tokens, "codes_dtype_for(num_tokens)")
         if self.num_detail_tokens is None:
             if self.detail_codes_dtype is not None:
-                raise DataError(f"detail_codes_dtype={self.detail_codes_dtype!r} without num_detail_tokens; a single-codebook set has neither")
+                raise DataError(
+                    f"detail_codes_dtype={self.detail_codes_dtype!r} without num_detail_tokens; a single-codebook set has neither"
+                )
         else:
-            if isinstance(self.num_detail_tokens, bool) or not isinstance(self.num_detail_tokens, int) or self.num_detail_tokens < 1:
-                raise DataError(f"num_detail_tokens must be a positive integer (the detail codebook size) or None, got {self.num_detail_tokens!r}")
+            detail = self.num_detail_tokens
+            if isinstance(detail, bool) or not isinstance(detail, int) or detail < 1:
+                raise DataError(f"num_detail_tokens must be a positive integer (the detail codebook size) or None, got {detail!r}")
             if self.detail_codes_dtype is None:
-                self.detail_codes_dtype = codes_dtype_for(self.num_detail_tokens)
-            _check_codes_dtype("detail_codes_dtype", self.detail_codes_dtype, self.num_detail_tokens, "codes_dtype_for(num_detail_tokens)")
+                self.detail_codes_dtype = codes_dtype_for(detail)
+            _check_codes_dtype("detail_codes_dtype", self.detail_codes_dtype, detail, "codes_dtype_for(num_detail_tokens)")
         self.format_version = FORMAT_VERSION if self.is_dual_codebook else _SINGLE_CODEBOOK_VERSION
 
     @property
@@ -137,7 +140,7 @@ class CodeShardManifest:
         if int(data.get("format_version", 0)) > FORMAT_VERSION:
             raise DataError(f"code shards of format version {data['format_version']}; upgrade masc-hf to read them")
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})  # version 1: no detail fields, None
+        return cls(**{key: value for key, value in data.items() if key in known})  # version 1 has no detail fields: single-codebook
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CodeShardManifest:
@@ -560,7 +563,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
             tensors = load_file(str(path))
             missing = [name for name in names if name not in tensors]
             if missing:
-                raise DataError(f"{path} has no integer tensor {missing[0]!r}; it is not a code shard of this manifest: rerun the extraction")
+                raise DataError(f"{path} has no tensor {missing[0]!r}; it is not a code shard of this manifest: rerun the extraction")
             arrays = [tensors[name] for name in names]
         codes, labels, details = arrays[0], arrays[1], (arrays[2] if m.is_dual_codebook else None)
         expected = (int(info["num_examples"]), m.num_augmentations, m.seq_len)

@@ -87,8 +87,7 @@ def extract_codes(
     channels = vqmodel.config.in_channels
     if channels not in (1, 3):
         raise DataError(f"the tokenizer takes {channels}-channel images; only grayscale (1) and RGB (3) are supported")
-    dual = is_dual_codebook(vqmodel)
-    if dual:
+    if is_dual_codebook(vqmodel):
         num_tokens, num_detail_tokens = int(vqmodel.config.num_semantic_embeddings), int(vqmodel.config.num_detail_embeddings)
 
         def encode(views: torch.Tensor) -> tuple[torch.Tensor, ...]:
