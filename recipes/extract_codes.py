@@ -5,8 +5,9 @@
     accelerate launch --multi_gpu --num_processes 2 recipes/extract_codes.py --cpu ...  # 2 CPU processes
 
 ``--data``: a Hub id, a directory of parquet shards (or a glob), or an image folder. Rerun the
-same command to resume: finished shards are skipped. Thin wrapper over
-``masc_hf.data.extract_codes``.
+same command to resume: finished shards are skipped. ``--vq``: a ``VQModel`` directory (one id
+per position) or IAR2's ``DualCodebookVQModel`` (a semantic and a detail id per position, both
+written). Thin wrapper over ``masc_hf.data.extract_codes``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="Hub dataset id, parquet directory/glob, or image folder")
-    parser.add_argument("--vq", required=True, help="diffusers VQModel directory (or a pipeline directory with vqvae/)")
+    parser.add_argument(
+        "--vq", required=True, help="VQModel or IAR2 DualCodebookVQModel directory (or a pipeline directory with vqvae/)"
+    )
     parser.add_argument("--out", required=True, help="shard directory (rerun with the same arguments to resume)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--image-size", type=int, default=256)

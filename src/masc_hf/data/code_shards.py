@@ -24,9 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+DETAIL_IDS = "detail_ids"  # the shard tensor of a dual-codebook set's detail ids, beside "codes"
 PROGRESS_DIR = "progress"
 FORMAT_NAME = "masc-hf-code-shards"
-FORMAT_VERSION = 1
+# The newest version read here. Version 2 added dual-codebook sets (a ``detail_ids`` tensor per shard),
+# which version-1 readers would take for single-codebook ones; single-codebook sets are still written
+# as version 1, the same files as before.
+FORMAT_VERSION = 2
+_SINGLE_CODEBOOK_VERSION = 1
 # The settings a resumed extraction must share with the run it continues.
 _RUN_SETTINGS = (
     "tokenizer_fingerprint",
@@ -36,6 +41,8 @@ _RUN_SETTINGS = (
     "augment",
     "num_augmentations",
     "codes_dtype",
+    "num_detail_tokens",
+    "detail_codes_dtype",
     "shard_size",
     "world_size",
     "source",
@@ -57,6 +64,10 @@ class CodeShardManifest:
     image (``augment``: ``"none"``, ``"flip"`` or ``"ten-crop"``); ``shards`` lists, in reading
     order, ``{"file", "rank", "index", "num_examples", "num_skipped"}``; the totals are filled in
     once ``complete``.
+
+    A dual-codebook set (IAR2's tokenizer: a semantic and a detail id per position) has
+    ``num_tokens`` semantic codes and ``num_detail_tokens`` detail codes, stored as ``codes_dtype``
+    and ``detail_codes_dtype``; both detail fields are ``None`` for a single-codebook set.
     """
 
     tokenizer_fingerprint: str
@@ -66,6 +77,8 @@ class CodeShardManifest:
     augment: str = "none"
     num_augmentations: int = 1
     codes_dtype: str = "int16"
+    num_detail_tokens: int | None = None
+    detail_codes_dtype: str | None = None
     shard_size: int = 10_000
     world_size: int = 1
     source: str | None = None
@@ -81,19 +94,43 @@ class CodeShardManifest:
 
     def __post_init__(self) -> None:
         self.grid_size = tuple(int(x) for x in self.grid_size)
-        if self.codes_dtype not in ("int16", "int32"):
-            raise DataError(f"codes_dtype must be 'int16' or 'int32', got {self.codes_dtype!r}")
-        if np.iinfo(self.codes_dtype).max < self.num_tokens - 1:
-            raise DataError(f"{self.codes_dtype} cannot hold token ids up to {self.num_tokens - 1}; use codes_dtype_for(num_tokens)")
+        _check_codes_dtype("codes_dtype", self.codes_dtype, self.num_tokens, "codes_dtype_for(num_tokens)")
+        if self.num_detail_tokens is None:
+            if self.detail_codes_dtype is not None:
+                raise DataError(
+                    f"detail_codes_dtype={self.detail_codes_dtype!r} without num_detail_tokens; a single-codebook set has neither"
+                )
+        else:
+            detail = self.num_detail_tokens
+            if isinstance(detail, bool) or not isinstance(detail, int) or detail < 1:
+                raise DataError(f"num_detail_tokens must be a positive integer (the detail codebook size) or None, got {detail!r}")
+            if self.detail_codes_dtype is None:
+                self.detail_codes_dtype = codes_dtype_for(detail)
+            _check_codes_dtype("detail_codes_dtype", self.detail_codes_dtype, detail, "codes_dtype_for(num_detail_tokens)")
+        self.format_version = FORMAT_VERSION if self.is_dual_codebook else _SINGLE_CODEBOOK_VERSION
 
     @property
     def seq_len(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
 
+    @property
+    def is_dual_codebook(self) -> bool:
+        """Whether each position holds a (semantic, detail) id pair (IAR2's tokenizer)."""
+        return self.num_detail_tokens is not None
+
+    def describe_tokenizer(self) -> str:
+        """The tokenizer in a few words, for messages: kind, fingerprint prefix, codebook size(s)."""
+        if self.is_dual_codebook:
+            sizes = f"{self.num_tokens} semantic + {self.num_detail_tokens} detail codes"
+            return f"dual-codebook tokenizer {self.tokenizer_fingerprint[:12]}... ({sizes})"
+        return f"single-codebook tokenizer {self.tokenizer_fingerprint[:12]}... ({self.num_tokens} codes)"
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["grid_size"] = list(self.grid_size)
         data["seq_len"] = self.seq_len
+        if not self.is_dual_codebook:  # a single-codebook manifest is written as before version 2
+            del data["num_detail_tokens"], data["detail_codes_dtype"]
         return data
 
     @classmethod
@@ -103,7 +140,7 @@ class CodeShardManifest:
         if int(data.get("format_version", 0)) > FORMAT_VERSION:
             raise DataError(f"code shards of format version {data['format_version']}; upgrade masc-hf to read them")
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls(**{key: value for key, value in data.items() if key in known})  # version 1 has no detail fields: single-codebook
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CodeShardManifest:
@@ -136,6 +173,13 @@ class CodeShardManifest:
         check_cluster_map(cluster_map, num_tokens=self.num_tokens, codebook_fingerprint=self.tokenizer_fingerprint, what=what)
 
 
+def _check_codes_dtype(name: str, dtype: Any, num_tokens: int, fix: str) -> None:
+    if dtype not in ("int16", "int32"):
+        raise DataError(f"{name} must be 'int16' or 'int32', got {dtype!r}")
+    if np.iinfo(dtype).max < num_tokens - 1:
+        raise DataError(f"{dtype} cannot hold token ids up to {num_tokens - 1}; use {fix}")
+
+
 class CodeShardWriter:
     """Writes one process's shards into ``directory``; resumable.
 
@@ -155,6 +199,12 @@ class CodeShardWriter:
         (self.directory / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
         if (self.directory / MANIFEST_NAME).is_file():
             existing = CodeShardManifest.load(self.directory)
+            if (existing.tokenizer_fingerprint, existing.is_dual_codebook) != (manifest.tokenizer_fingerprint, manifest.is_dual_codebook):
+                raise DataError(
+                    f"{self.directory} holds code shards of the {existing.describe_tokenizer()} (fingerprint "
+                    f"{existing.tokenizer_fingerprint}) but this run's is the {manifest.describe_tokenizer()} (fingerprint "
+                    f"{manifest.tokenizer_fingerprint}); resume with the tokenizer that wrote them, or write to a new directory"
+                )
             differences = existing.differences(manifest)
             if differences:
                 raise DataError(
@@ -200,9 +250,12 @@ class CodeShardWriter:
         num_raw: int,
         num_skipped: int = 0,
         stream_state: dict | None = None,
+        detail_ids: np.ndarray | None = None,
     ) -> Path:
-        """Write shard ``index``: ``codes [n, A, L]`` (ids in ``[0, num_tokens)``), ``labels [n]``;
-        ``num_raw`` stream examples were read for it, ``num_skipped`` of them did not decode."""
+        """Write shard ``index``: ``codes [n, A, L]`` (ids in ``[0, num_tokens)``; the semantic ids of
+        a dual-codebook set), ``labels [n]``; ``num_raw`` stream examples were read for it,
+        ``num_skipped`` of them did not decode. A dual-codebook set also needs ``detail_ids [n, A, L]``
+        (ids in ``[0, num_detail_tokens)``)."""
         from safetensors.numpy import save_file
 
         m = self.manifest
@@ -213,6 +266,21 @@ class CodeShardWriter:
             raise DataError(f"shard {index}: codes must be [n, A, L] = {list(expected)}, got {list(codes.shape)}")
         if codes.size and (codes.min() < 0 or codes.max() >= m.num_tokens):
             raise DataError(f"shard {index}: token ids must lie in [0, {m.num_tokens}), got [{codes.min()}, {codes.max()}]")
+        tensors = {"codes": np.ascontiguousarray(codes, dtype=m.codes_dtype), "labels": np.ascontiguousarray(labels)}
+        if (detail_ids is not None) != m.is_dual_codebook:
+            raise DataError(
+                f"shard {index}: the manifest is of a {m.describe_tokenizer()}, so detail_ids are "
+                f"{'required' if m.is_dual_codebook else 'not allowed'}; pass {'both id arrays' if m.is_dual_codebook else 'codes only'}"
+            )
+        if detail_ids is not None:
+            detail_ids = np.asarray(detail_ids)
+            if detail_ids.shape != expected:
+                raise DataError(f"shard {index}: detail_ids must be [n, A, L] = {list(expected)}, got {list(detail_ids.shape)}")
+            if detail_ids.size and (detail_ids.min() < 0 or detail_ids.max() >= m.num_detail_tokens):
+                raise DataError(
+                    f"shard {index}: detail ids must lie in [0, {m.num_detail_tokens}), got [{detail_ids.min()}, {detail_ids.max()}]"
+                )
+            tensors[DETAIL_IDS] = np.ascontiguousarray(detail_ids, dtype=m.detail_codes_dtype)
         metadata = {
             "rank": self.rank,
             "index": index,
@@ -223,7 +291,6 @@ class CodeShardWriter:
             "tokenizer_fingerprint": m.tokenizer_fingerprint,
         }
         path = self.shard_path(index)
-        tensors = {"codes": np.ascontiguousarray(codes, dtype=m.codes_dtype), "labels": np.ascontiguousarray(labels)}
         with atomic_path(path, fsync=True) as tmp:
             save_file(tensors, str(tmp), metadata={key: json.dumps(value) for key, value in metadata.items()})
         return path
@@ -324,6 +391,10 @@ def _memmap(path: Path, name: str) -> np.ndarray:
 class CodeShardDataset(torch.utils.data.Dataset):
     """``(codes [L] int64, label int64)`` pairs from a complete code-shard directory.
 
+    A dual-codebook directory (IAR2's tokenizer) gives ``(semantic_ids [L], label, detail_ids [L])``,
+    all int64: the ids a model reads first, then the label, as everywhere, and the second id of each
+    position last (like ``with_fine_ids``), so a batch unpacks as ``semantic_ids, labels, detail_ids``.
+
     Args:
         directory: a directory written by :func:`masc_hf.data.extract_codes`.
         cluster_map: optional ``MASCClusterMap`` of the same tokenizer: codes are returned as
@@ -337,6 +408,8 @@ class CodeShardDataset(torch.utils.data.Dataset):
             processes) or load them into memory.
         with_fine_ids: with a ``cluster_map``, items are ``(cluster ids, label, codebook ids)``: what
             a MASC refiner trains on (the cluster ids are the map's encoding of the codebook ids).
+        tokenizer_fingerprint: the fingerprint of the tokenizer the codes must come from
+            (``masc_hf.vq.tokenizer_fingerprint(vq)``, or a model config's); another one is refused.
 
     Call :meth:`set_epoch` at the start of each epoch to draw new views.
     """
@@ -350,6 +423,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
         seed: int | None = None,
         mmap: bool = True,
         with_fine_ids: bool = False,
+        tokenizer_fingerprint: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.manifest = CodeShardManifest.load(self.directory)
@@ -357,6 +431,17 @@ class CodeShardDataset(torch.utils.data.Dataset):
             raise DataError(
                 f"the code shards in {self.directory} are incomplete (an extraction is running or was interrupted); "
                 "rerun the extraction with the same settings to finish them"
+            )
+        if tokenizer_fingerprint is not None and tokenizer_fingerprint != self.manifest.tokenizer_fingerprint:
+            raise DataError(
+                f"the code shards in {self.directory} come from the {self.manifest.describe_tokenizer()} (fingerprint "
+                f"{self.manifest.tokenizer_fingerprint}) but tokenizer {tokenizer_fingerprint} was expected; extract the codes "
+                "with the expected tokenizer (recipes/extract_codes.py), or use the tokenizer that wrote them"
+            )
+        if cluster_map is not None and self.manifest.is_dual_codebook:
+            raise DataError(
+                f"the code shards in {self.directory} hold dual-codebook codes ({self.manifest.describe_tokenizer()}); "
+                "cluster maps over them are not supported yet: drop cluster_map"
             )
         if cluster_map is not None:
             self.manifest.check_cluster_map(cluster_map, what=f"the code shards in {self.directory}")
@@ -374,7 +459,7 @@ class CodeShardDataset(torch.utils.data.Dataset):
         self._paths = [shard_file(self.directory, s) for s in self.manifest.shards]  # before any shard is read
         counts = [int(s["num_examples"]) for s in self.manifest.shards]
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._shards: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._shards: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
         self._views: np.ndarray | None = None
 
     @property
@@ -391,8 +476,29 @@ class CodeShardDataset(torch.utils.data.Dataset):
 
     @property
     def vocab_size(self) -> int:
-        """Size of the id space of returned codes: the number of clusters with a map, else of tokens."""
+        """Size of the id space of returned codes: the number of clusters with a map, else of tokens
+        (of semantic tokens for a dual-codebook set)."""
         return self.cluster_map.num_clusters if self.cluster_map is not None else self.manifest.num_tokens
+
+    @property
+    def is_dual_codebook(self) -> bool:
+        """Whether items carry ``detail_ids`` (a dual-codebook set, IAR2's tokenizer)."""
+        return self.manifest.is_dual_codebook
+
+    @property
+    def detail_vocab_size(self) -> int | None:
+        """Size of the detail codebook of a dual-codebook set; ``None`` for a single-codebook set."""
+        return self.manifest.num_detail_tokens
+
+    def require_single_codebook(self, consumer: str) -> None:
+        """Raise :class:`DataError` if these are dual-codebook codes, which ``consumer`` (e.g. "LlamaGen
+        training") cannot read: it takes one id per position."""
+        if self.is_dual_codebook:
+            raise DataError(
+                f"{consumer} reads one token id per position, but {self.directory} holds dual-codebook (semantic, detail) codes "
+                f"of the {self.manifest.describe_tokenizer()}; extract codes with a single-codebook VQModel for it "
+                "(dual-codebook codes are for IAR2's model)"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the random views of ``epoch`` (before creating the epoch's DataLoader iterator)."""
@@ -403,28 +509,33 @@ class CodeShardDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         index %= len(self)
         shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
         row = index - int(self._offsets[shard])
-        codes, labels = self._load()[shard]
+        codes, labels, details = self._load()[shard]
         view = self.augmentation if self.augmentation is not None else int(self._epoch_views()[index])
         fine_ids = torch.from_numpy(np.asarray(codes[row, view], dtype=np.int64))
         label = torch.tensor(int(labels[row]), dtype=torch.long)
-        self._check_ids(fine_ids, index)  # ids are checked here, where they enter training
+        # ids are checked here, where they enter training
+        if details is not None:
+            detail_ids = torch.from_numpy(np.asarray(details[row, view], dtype=np.int64))
+            self._check_ids(fine_ids, index, self.manifest.num_tokens, "semantic ids", "semantic codebook")
+            self._check_ids(detail_ids, index, self.manifest.num_detail_tokens, "detail ids", "detail codebook")
+            return fine_ids, label, detail_ids
+        self._check_ids(fine_ids, index, self.manifest.num_tokens, "token ids", "tokenizer")
         if self.cluster_map is not None:
             coarse_ids = self.cluster_map.encode(fine_ids)
             return (coarse_ids, label, fine_ids) if self.with_fine_ids else (coarse_ids, label)
         return fine_ids, label
 
-    def _check_ids(self, fine_ids: torch.Tensor, index: int) -> None:
-        num_tokens = self.manifest.num_tokens
-        if int(fine_ids.min()) < 0 or int(fine_ids.max()) >= num_tokens:
+    def _check_ids(self, ids: torch.Tensor, index: int, num_tokens: int, what: str, codebook: str) -> None:
+        if int(ids.min()) < 0 or int(ids.max()) >= num_tokens:
             raise DataError(
-                f"example {index} of {self.directory} holds token ids in [{int(fine_ids.min())}, {int(fine_ids.max())}] "
-                f"but the tokenizer has {num_tokens} codes; the shards are corrupt: rerun the extraction"
+                f"example {index} of {self.directory} holds {what} in [{int(ids.min())}, {int(ids.max())}] "
+                f"but the {codebook} has {num_tokens} codes; the shards are corrupt: rerun the extraction"
             )
 
     def _epoch_views(self) -> np.ndarray:
@@ -433,27 +544,34 @@ class CodeShardDataset(torch.utils.data.Dataset):
             self._views = rng.integers(0, self.num_augmentations, size=len(self), dtype=np.int16)
         return self._views
 
-    def _load(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _load(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         # opened lazily, so each DataLoader worker maps the files itself
         if self._shards is None:
             self._shards = [self._open(path, s) for path, s in zip(self._paths, self.manifest.shards)]
         return self._shards
 
-    def _open(self, path: Path, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _open(self, path: Path, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if not path.is_file():
             raise DataError(f"code shard {path} listed in the manifest is missing; restore it or rerun the extraction")
+        m = self.manifest
+        names = ("codes", "labels", DETAIL_IDS) if m.is_dual_codebook else ("codes", "labels")
         if self.mmap:
-            codes, labels = _memmap(path, "codes"), _memmap(path, "labels")
+            arrays = [_memmap(path, name) for name in names]
         else:
             from safetensors.numpy import load_file
 
             tensors = load_file(str(path))
-            codes, labels = tensors["codes"], tensors["labels"]
-        m = self.manifest
+            missing = [name for name in names if name not in tensors]
+            if missing:
+                raise DataError(f"{path} has no tensor {missing[0]!r}; it is not a code shard of this manifest: rerun the extraction")
+            arrays = [tensors[name] for name in names]
+        codes, labels, details = arrays[0], arrays[1], (arrays[2] if m.is_dual_codebook else None)
         expected = (int(info["num_examples"]), m.num_augmentations, m.seq_len)
         if codes.shape != expected or labels.shape != expected[:1]:
             raise DataError(f"code shard {path} holds codes {list(codes.shape)}, expected {list(expected)}; rerun the extraction")
-        return codes, labels
+        if details is not None and details.shape != expected:
+            raise DataError(f"code shard {path} holds detail_ids {list(details.shape)}, expected {list(expected)}; rerun the extraction")
+        return codes, labels, details
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
@@ -25,12 +26,14 @@ from .transforms import AUGMENTATIONS, extraction_views
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
 
+    from ..vq.dual_codebook import DualCodebookVQModel
+
 logger = logging.getLogger(__name__)
 
 
 def extract_codes(
     source: str | os.PathLike,
-    vqmodel: VQModel,
+    vqmodel: VQModel | DualCodebookVQModel,
     out_dir: str | os.PathLike,
     *,
     split: str = "train",
@@ -49,7 +52,9 @@ def extract_codes(
 
     Args:
         source: a Hub id, parquet shards or an image folder (see :mod:`masc_hf.data.images`).
-        vqmodel: the VQ tokenizer, a diffusers ``VQModel`` in eval mode on the device to use.
+        vqmodel: the VQ tokenizer in eval mode on the device to use: a diffusers ``VQModel`` (one
+            id per position), or IAR2's ``DualCodebookVQModel`` (a semantic and a detail id per
+            position: the shards hold both, see :class:`~masc_hf.data.CodeShardDataset`).
         out_dir: the shard directory; a rerun with the same arguments resumes in it.
         split: the dataset split.
         image_size: side of the square crops fed to the tokenizer (a multiple of its downsample
@@ -74,8 +79,7 @@ def extract_codes(
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"{name} must be a positive integer, got {value!r}")
-    from ..clustering import codebook_fingerprint
-    from ..vq import downsample_factor, encode_images, export_codebook
+    from ..vq import downsample_factor, encode_images, is_dual_codebook, tokenizer_fingerprint
 
     factor = downsample_factor(vqmodel)
     if image_size % factor:
@@ -83,7 +87,17 @@ def extract_codes(
     channels = vqmodel.config.in_channels
     if channels not in (1, 3):
         raise DataError(f"the tokenizer takes {channels}-channel images; only grayscale (1) and RGB (3) are supported")
-    num_tokens = int(vqmodel.config.num_vq_embeddings)
+    if is_dual_codebook(vqmodel):
+        num_tokens, num_detail_tokens = int(vqmodel.config.num_semantic_embeddings), int(vqmodel.config.num_detail_embeddings)
+
+        def encode(views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(ids.reshape(len(views), -1) for ids in vqmodel.encode_ids(views))
+
+    else:
+        num_tokens, num_detail_tokens = int(vqmodel.config.num_vq_embeddings), None
+
+        def encode(views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return (encode_images(vqmodel, views),)
 
     stream = ImageStream(
         source,
@@ -95,13 +109,15 @@ def extract_codes(
         mode="RGB" if channels == 3 else "L",
     )
     settings = CodeShardManifest(
-        tokenizer_fingerprint=codebook_fingerprint(export_codebook(vqmodel)),
+        tokenizer_fingerprint=tokenizer_fingerprint(vqmodel),
         num_tokens=num_tokens,
         image_size=image_size,
         grid_size=(image_size // factor, image_size // factor),
         augment=augment,
         num_augmentations=AUGMENTATIONS[augment],
         codes_dtype=codes_dtype_for(num_tokens),
+        num_detail_tokens=num_detail_tokens,
+        detail_codes_dtype=None if num_detail_tokens is None else codes_dtype_for(num_detail_tokens),
         shard_size=shard_size,
         world_size=world_size,
         source=str(source),
@@ -112,14 +128,14 @@ def extract_codes(
     if writer.is_done:
         logger.info("rank %d: all shards already written in %s", rank, out_dir)
     else:
-        _write_rank(stream, writer, lambda views: encode_images(vqmodel, views), batch_size, num_workers, progress)
+        _write_rank(stream, writer, encode, batch_size, num_workers, progress)
     return _wait_for_all(writer)
 
 
 def _write_rank(
     stream: ImageStream,
     writer: CodeShardWriter,
-    encode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     batch_size: int,
     num_workers: int | None,
     progress: bool,
@@ -158,29 +174,33 @@ def _write_rank(
                 bar.update(consumed)
                 index += 1
                 continue
-            codes, labels, num_raw, num_skipped = [], [], 0, 0
+            ids_per_codebook = ([], []) if settings.is_dual_codebook else ([],)  # [n, A, L] arrays per batch
+            dtypes = (settings.codes_dtype, settings.detail_codes_dtype)
+            labels, num_raw, num_skipped = [], 0, 0
             for batch in _batched(_ordered_map(pool, views_of, chunk, ahead=2 * batch_size), batch_size):
                 kept = [(views, label) for views, label in batch if views is not None]
                 num_raw += len(batch)
                 num_skipped += len(batch) - len(kept)
                 if kept:
                     views = torch.cat([v for v, _ in kept])  # [b * A, C, S, S]
-                    ids = encode(views).reshape(len(kept), settings.num_augmentations, settings.seq_len)
-                    codes.append(ids.cpu().numpy().astype(settings.codes_dtype))
+                    for out, ids, dtype in zip(ids_per_codebook, encode(views), dtypes):
+                        out.append(ids.reshape(len(kept), settings.num_augmentations, settings.seq_len).cpu().numpy().astype(dtype))
                     labels.extend(label for _, label in kept)
                 bar.update(len(batch))
                 if num_skipped:
                     bar.set_postfix(skipped=total_skipped + num_skipped, refresh=False)
             if num_raw == 0:
                 break
-            empty = np.zeros((0, settings.num_augmentations, settings.seq_len), settings.codes_dtype)
+            shape = (0, settings.num_augmentations, settings.seq_len)
+            codes, *detail = [np.concatenate(out) if out else np.zeros(shape, dtype) for out, dtype in zip(ids_per_codebook, dtypes)]
             writer.write_shard(
                 index,
-                np.concatenate(codes) if codes else empty,
+                codes,
                 np.asarray(labels, dtype=np.int64),
                 num_raw=num_raw,
                 num_skipped=num_skipped,
                 stream_state=stream.dataset.state_dict(),
+                detail_ids=detail[0] if detail else None,
             )
             total_skipped += num_skipped
             index += 1
@@ -278,14 +298,27 @@ def _wait_for_all(writer: CodeShardWriter) -> CodeShardManifest | None:
     return manifest
 
 
-def load_vqmodel(path: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> VQModel:
-    """A diffusers ``VQModel`` (eval mode) from a ``VQModel`` directory or a pipeline directory
-    holding one in ``vqvae/``."""
-    from diffusers import VQModel
-
+def load_vqmodel(
+    path: str | os.PathLike, torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> VQModel | DualCodebookVQModel:
+    """A VQ tokenizer (eval mode) from a model directory or a pipeline directory holding one in
+    ``vqvae/``: IAR2's ``DualCodebookVQModel`` when its ``config.json`` names that class
+    (``_class_name``, which diffusers writes), else a diffusers ``VQModel``."""
     path = Path(path)
     subfolder = "vqvae" if not (path / "config.json").is_file() and (path / "vqvae" / "config.json").is_file() else None
-    if not (path / (subfolder or "") / "config.json").is_file():
-        raise DataError(f"no VQModel in {path} (no config.json there or in vqvae/); convert a tokenizer with `masc-hf convert-vq` first")
-    model = VQModel.from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype)
+    config_path = path / (subfolder or "") / "config.json"
+    if not config_path.is_file():
+        raise DataError(
+            f"no VQModel in {path} (no config.json there or in vqvae/); convert a tokenizer with `masc-hf convert-vq` "
+            "(or `convert_iar2_vq` for IAR2's) first"
+        )
+    try:
+        class_name = json.loads(config_path.read_text(encoding="utf-8")).get("_class_name")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise DataError(f"{config_path} is not a JSON model config ({err}); point --vq at a saved tokenizer directory") from None
+    if class_name == "DualCodebookVQModel":
+        from ..vq.dual_codebook import DualCodebookVQModel as model_class
+    else:
+        from diffusers import VQModel as model_class
+    model = model_class.from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype)
     return model.to(device).eval() if device is not None else model.eval()

@@ -73,6 +73,7 @@ def entropy_per_position(
         from ..data.code_shards import CodeShardDataset
 
         dataset = CodeShardDataset(codes, cluster_map=cluster_map, augmentation=0)
+        dataset.require_single_codebook("the prediction entropy of a LlamaGen model")
         if config.is_masc and cluster_map is None:
             raise ClusterMapMismatchError(
                 f"the model predicts k={config.vocab_size} clusters but the shards in {codes} hold codebook ids; "

@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..clustering import check_cluster_map, codebook_fingerprint
+from ..clustering import check_cluster_map
 from ..errors import ClusterMapMismatchError, MASCError
+from ..vq.codebook import tokenizer_fingerprint  # re-exported: one fingerprint for every tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import VQModel
@@ -58,13 +59,6 @@ def check_map_fits_model(cluster_map: MASCClusterMap | None, model: Any, what: s
         fingerprint=config.cluster_map_fingerprint,
         what=what,
     )
-
-
-def tokenizer_fingerprint(vqvae: VQModel) -> str:
-    """The codebook fingerprint of a diffusers ``VQModel`` (what a map built from it records)."""
-    from ..vq.codebook import load_codebook_from_vqmodel
-
-    return codebook_fingerprint(load_codebook_from_vqmodel(vqvae))
 
 
 def check_map_fits_tokenizer(cluster_map: MASCClusterMap, vqvae: VQModel, what: str = "the vqvae", fingerprint: str | None = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelConfigError
-from .trainer import TrainingError
+from .trainer import TrainingError, require_single_codebook
 
 __all__ = ["model_for_codes"]
 
@@ -45,6 +45,7 @@ def model_for_codes(
 
     from ..models import LlamaGenConfig, LlamaGenForImageGeneration
 
+    require_single_codebook(train_dataset)
     manifest = train_dataset.manifest
     class_names = train_dataset.class_names
     if init_from:

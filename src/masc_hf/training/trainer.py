@@ -326,6 +326,7 @@ def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
     """The model speaks the data's language: tokenizer, vocabulary, sequence length, classes and cluster map."""
     from ..pipelines.pairing import check_map_fits_model
 
+    require_single_codebook(train_dataset)
     config = model.config
     data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
     model_fingerprint = getattr(config, "tokenizer_fingerprint", None)
@@ -420,6 +421,15 @@ def _cluster_loss_weight(args: ARTrainingArguments, cluster_loss_map) -> float |
     if cluster_loss_map is None:
         return None
     return args.cluster_loss_weight if args.cluster_loss_weight is not None else IAR_CLUSTER_LOSS_WEIGHT
+
+
+def require_single_codebook(train_dataset) -> None:
+    """LlamaGen and MASC models read one id per position: dual-codebook code shards (IAR2's tokenizer)
+    are refused with a :class:`~masc_hf.errors.DataError` before anything is built."""
+    from ..data.code_shards import CodeShardDataset
+
+    if isinstance(train_dataset, CodeShardDataset):
+        train_dataset.require_single_codebook("LlamaGen/MASC training")
 
 
 def _data_tokenizer_fingerprint(train_dataset) -> str | None:

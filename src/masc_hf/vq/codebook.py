@@ -13,6 +13,7 @@ their codebook fingerprints agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._checkpoints import TORCH_SUFFIXES
+from ..clustering.codebook import codebook_fingerprint
 from ..clustering.codebook import l2_normalize as l2_normalize_rows  # one implementation for every loader
 from ..errors import CodebookError
 
@@ -118,6 +120,29 @@ def _dual_config(path: Path) -> dict | None:
 
 # Same function, the name the tokenizer helpers use for it.
 export_codebook = load_codebook_from_vqmodel
+
+
+def is_dual_codebook(vqmodel: Any) -> bool:
+    """Whether ``vqmodel`` gives a ``(semantic, detail)`` id pair per latent position (IAR2's
+    ``DualCodebookVQModel``) rather than one id (a diffusers ``VQModel``)."""
+    return callable(getattr(vqmodel, "semantic_codebook", None)) and callable(getattr(vqmodel, "detail_codebook", None))
+
+
+def tokenizer_fingerprint(vqmodel: Any) -> str:
+    """sha256 hex digest of the id space of a tokenizer: what code shards, models and cluster maps
+    record to tell tokenizers apart.
+
+    A diffusers ``VQModel`` (instance or directory, see :func:`load_codebook_from_vqmodel`): the
+    ``codebook_fingerprint`` of its codebook. A ``DualCodebookVQModel``: sha256 of
+    ``"dual-codebook;<semantic>;<detail>"`` over the codebook fingerprints of both codebooks as the
+    decoder receives them (``semantic_codebook()``, ``detail_codebook()``), so a change to either
+    codebook changes it, and it never equals a single codebook's fingerprint.
+    """
+    if is_dual_codebook(vqmodel):
+        semantic = codebook_fingerprint(vqmodel.semantic_codebook())
+        detail = codebook_fingerprint(vqmodel.detail_codebook())
+        return hashlib.sha256(f"dual-codebook;{semantic};{detail}".encode()).hexdigest()
+    return codebook_fingerprint(load_codebook_from_vqmodel(vqmodel))
 
 
 def load_codebook_from_llamagen_checkpoint(path: str | os.PathLike) -> np.ndarray:
