@@ -29,6 +29,9 @@ _LAZY = {
     "ClusterMapMismatchError": "masc_hf.errors",
     "CodebookError": "masc_hf.errors",
     "DualCodebookVQModel": "masc_hf.vq",
+    "IAR2Config": "masc_hf.models",
+    "IAR2ForImageGeneration": "masc_hf.models",
+    "IAR2Pipeline": "masc_hf.pipelines",
     "LlamaGenConfig": "masc_hf.models",
     "LlamaGenForImageGeneration": "masc_hf.models",
     "MASCPipeline": "masc_hf.pipelines",
@@ -80,6 +83,6 @@ elif not any(isinstance(f, _RegisterAfterTransformersImport) for f in sys.meta_p
 if TYPE_CHECKING:  # pragma: no cover
     from .clustering import CLUSTER_METHODS, MASCClusterMap, build_cluster_map, cluster_quality, codebook_fingerprint
     from .errors import ClusterMapError, ClusterMapMismatchError, CodebookError, MASCError
-    from .models import LlamaGenConfig, LlamaGenForImageGeneration
-    from .pipelines import MASCPipeline
+    from .models import IAR2Config, IAR2ForImageGeneration, LlamaGenConfig, LlamaGenForImageGeneration
+    from .pipelines import IAR2Pipeline, MASCPipeline
     from .vq import DualCodebookVQModel

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..clustering import MASCClusterMap
 
 __all__ = [
+    "check_iar2_fits_tokenizer",
+    "check_iar2_pipeline_components",
     "check_map_fits_model",
     "check_map_fits_tokenizer",
     "check_maps_fit_tokenizer",
@@ -139,3 +141,37 @@ def check_pipeline_components(transformer, vqvae, cluster_map, refiner=None) -> 
         check_map_fits_tokenizer(cluster_map, vqvae)
     if refiner is not None:
         check_refiner_fits(refiner, transformer, cluster_map)
+
+
+def check_iar2_fits_tokenizer(model: Any, vqvae, fingerprint: str | None = None) -> None:
+    """An IAR2 model's (semantic, detail) ids are this dual tokenizer's: the same two codebook sizes,
+    and the tokenizer fingerprint the model records (if any). ``model``: the model or its config."""
+    config = _config(model)
+    ours = (config.semantic_vocab_size, config.detail_vocab_size)
+    theirs = (vqvae.config.num_semantic_embeddings, vqvae.config.num_detail_embeddings)
+    if ours != theirs:
+        raise MASCError(
+            f"the tokenizer has {theirs[0]} semantic x {theirs[1]} detail codes but the IAR2 model predicts {ours[0]} x {ours[1]}; "
+            "use the dual-codebook tokenizer the model was trained with"
+        )
+    recorded = getattr(config, "tokenizer_fingerprint", None)
+    if recorded is not None:
+        actual = fingerprint or tokenizer_fingerprint(vqvae)
+        if actual != recorded:
+            raise MASCError(
+                f"the IAR2 model was trained on the ids of tokenizer {recorded[:12]}... but this vqvae is {actual[:12]}... "
+                "(tokenizer fingerprints differ); use the dual-codebook tokenizer the model was trained with"
+            )
+
+
+def check_iar2_pipeline_components(transformer, vqvae) -> None:
+    """Everything :class:`~masc_hf.IAR2Pipeline` needs: an IAR2 model and the dual tokenizer of its ids."""
+    from ..models.iar2 import IAR2ForImageGeneration
+    from ..vq.dual_codebook import DualCodebookVQModel
+
+    if not isinstance(transformer, IAR2ForImageGeneration):
+        raise MASCError(f"transformer must be an IAR2ForImageGeneration, got {type(transformer).__name__}")
+    if not isinstance(vqvae, DualCodebookVQModel):
+        hint = " (a LlamaGen VQModel has one codebook; IAR2 needs masc_hf.DualCodebookVQModel)" if hasattr(vqvae, "config") else ""
+        raise MASCError(f"vqvae must be a DualCodebookVQModel, got {type(vqvae).__name__}{hint}")
+    check_iar2_fits_tokenizer(transformer, vqvae)

@@ -1,0 +1,94 @@
+"""IAR2Pipeline: labels -> (semantic, detail) ids -> pixels, saving and loading, seeds, bad components."""
+
+import numpy as np
+import pytest
+import torch
+
+from masc_hf import DualCodebookVQModel, IAR2Config, IAR2ForImageGeneration, IAR2Pipeline
+from masc_hf.errors import MASCError
+
+
+def tiny_dual_vq(semantic: int = 16, detail: int = 32, seed: int = 0) -> DualCodebookVQModel:
+    torch.manual_seed(seed)
+    return DualCodebookVQModel(
+        block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, latent_channels=16,
+        num_semantic_embeddings=semantic, num_detail_embeddings=detail, vq_embed_dim=8, sample_size=8,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    config = IAR2Config(semantic_vocab_size=16, detail_vocab_size=32, hidden_size=48, num_hidden_layers=1, num_attention_heads=4,
+                        head_layers=1, num_classes=3, block_size=16, initializer_range=0.2)
+    transformer = IAR2ForImageGeneration(config).eval()
+    with torch.no_grad():
+        transformer.head.semantic_out[-1].weight.normal_(0, 0.5)
+        transformer.head.detail_out[-1].weight.normal_(0, 0.5)
+    return IAR2Pipeline(transformer=transformer, vqvae=tiny_dual_vq(), id2label={0: "shirt", 1: "shoe", 2: "bag"})
+
+
+def test_images_are_the_tokenizer_decoding_of_the_generated_ids(pipe):
+    images = pipe(["shoe", 2], output_type="pt", generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images
+    assert images.shape == (2, 3, 8, 8) and pipe.image_size == 8
+    semantic, detail = pipe.transformer.generate([1, 2], generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    expected = ((pipe.vqvae.decode_ids(semantic, detail) / 2 + 0.5).clamp(0, 1))
+    torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
+
+
+def test_seeded_outputs_are_reproducible_and_names_resolve(pipe):
+    first = pipe("bag", num_images_per_label=2, output_type="np", generator=torch.Generator().manual_seed(3)).images
+    second = pipe([2], num_images_per_label=2, output_type="np", generator=torch.Generator().manual_seed(3)).images
+    assert first.shape == (2, 8, 8, 3) and np.array_equal(first, second)
+    assert pipe.get_label_ids("shoe") == [1]
+
+
+def test_output_size_resizes_like_the_evaluation(pipe):
+    images = pipe([0], output_type="pt", output_size=16, generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 16, 16)
+    pil = pipe([0], output_size=16, generator=torch.Generator().manual_seed(0)).images[0]
+    assert pil.size == (16, 16)
+
+
+def test_callback_sees_both_id_grids(pipe):
+    seen = []
+    pipe([1], generator=torch.Generator().manual_seed(0),
+         callback_on_step_end=lambda p, step, t, kwargs: seen.append((step, kwargs["semantic_ids"][0, step].item(), kwargs["detail_ids"][0, step].item())))
+    assert [s for s, _, _ in seen] == list(range(16))
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "README.md").read_text().startswith("---")
+    loaded = IAR2Pipeline.from_pretrained(tmp_path / "p")
+    assert isinstance(loaded.vqvae, DualCodebookVQModel) and isinstance(loaded.transformer, IAR2ForImageGeneration)
+    a = pipe([0, 1], output_type="np", generator=torch.Generator().manual_seed(5)).images
+    b = loaded([0, 1], output_type="np", generator=torch.Generator().manual_seed(5)).images
+    assert np.array_equal(a, b) and loaded.id2label[1] == "shoe"
+
+
+def test_components_that_do_not_belong_together_are_refused(pipe):
+    with pytest.raises(MASCError, match="16 semantic x 64 detail codes but the IAR2 model predicts 16 x 32"):
+        IAR2Pipeline(transformer=pipe.transformer, vqvae=tiny_dual_vq(detail=64))
+    from diffusers import VQModel
+
+    with pytest.raises(MASCError, match="vqvae must be a DualCodebookVQModel, got VQModel"):
+        IAR2Pipeline(transformer=pipe.transformer, vqvae=VQModel(block_out_channels=(32,), norm_num_groups=32))
+    transformer = pipe.transformer
+    transformer.config.tokenizer_fingerprint = "0" * 64
+    try:
+        with pytest.raises(MASCError, match="tokenizer fingerprints differ"):
+            IAR2Pipeline(transformer=transformer, vqvae=pipe.vqvae)
+    finally:
+        transformer.config.tokenizer_fingerprint = None
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"output_size": 0}, "output_size must be a positive int"), ({"output_type": "jpeg"}, "output_type 'jpeg' does not exist"),
+     ({"semantic_guidance": (2.0, -1.0)}, "finite and >= 0")],
+)
+def test_bad_call_arguments(pipe, kwargs, match):
+    with pytest.raises(MASCError, match=match):
+        pipe([0], **kwargs)
