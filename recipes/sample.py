@@ -41,9 +41,20 @@ def parse_classes(text: str) -> list[int]:
     return ids
 
 
+def parse_pair(text: str) -> tuple[float, float]:
+    """``"1.0,4.0"`` -> (1.0, 4.0); one number means a constant schedule."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected START,END (e.g. 1.0,4.0) or one number, got {text!r}")
+    return (values[0], values[-1])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True, help="MASCPipeline directory or Hub repo id")
+    parser.add_argument("--pipeline", required=True, help="MASCPipeline or IAR2Pipeline directory, or Hub repo id")
     parser.add_argument("--out", required=True, help="sample folder (rerun with the same arguments to resume)")
     parser.add_argument("--npz", help="ADM .npz to write when sampling is done (default: OUT.npz)")
     parser.add_argument("--no-npz", action="store_true", help="only write the PNG folder")
@@ -51,7 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", type=parse_classes, help="class ids, e.g. 0-9,17 (default: every class of the model)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses image_seed(seed, i)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call, per process (does not change the images)")
-    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's)")
+    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's); MASCPipeline")
+    parser.add_argument("--semantic-guidance", type=parse_pair, metavar="START,END", help="IAR2Pipeline: semantic guidance schedule (default: the model's)")
+    parser.add_argument("--detail-guidance", type=parse_pair, metavar="START,END", help="IAR2Pipeline: detail guidance schedule (default: the model's)")
+    parser.add_argument("--attention-guidance-weight", type=float, metavar="W", help="IAR2Pipeline: weight of the class-attention term")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0, help="0 keeps every id (the paper's setting)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -83,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         guidance_scale=args.cfg_scale,
+        semantic_guidance=args.semantic_guidance,
+        detail_guidance=args.detail_guidance,
+        attention_guidance_weight=args.attention_guidance_weight,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,

@@ -94,15 +94,17 @@ def check_hub_repo_id(repo_id: str) -> None:
 
 
 def load_pipeline(source: str):
-    """A ``MASCPipeline`` from a directory or Hub id, with a one-line error for a path that holds none."""
+    """A ``MASCPipeline`` or ``IAR2Pipeline`` (as its ``model_index.json`` names it) from a directory or
+    Hub id, with a one-line error for a path that holds none."""
     from .errors import MASCError
-    from .pipelines import MASCPipeline
+    from .pipelines import IAR2Pipeline, MASCPipeline
 
     path = Path(source)
     if not path.is_dir() and (path.exists() or path.is_absolute() or source.startswith(".") or len(path.parts) != 2):
         raise MASCError(f"--pipeline {source!r} is not a pipeline directory; pass a MASCPipeline folder (save_pretrained) or a Hub id org/name")
     try:
-        return MASCPipeline.from_pretrained(source)
+        kind = MASCPipeline.load_config(source).get("_class_name")
+        return (IAR2Pipeline if kind == IAR2Pipeline.__name__ else MASCPipeline).from_pretrained(source)
     except (OSError, ValueError) as err:  # diffusers' and huggingface_hub's loading errors
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MASCError(f"cannot load the pipeline {source!r}: {first}") from None

@@ -92,3 +92,56 @@ def test_components_that_do_not_belong_together_are_refused(pipe):
 def test_bad_call_arguments(pipe, kwargs, match):
     with pytest.raises(MASCError, match=match):
         pipe([0], **kwargs)
+
+
+# ------------------------------------------------------------------ the evaluation protocol
+
+
+def test_sample_images_records_and_resumes_iar2_settings(pipe, tmp_path):
+    import json
+
+    from masc_hf.evaluation import image_seed, sample_images
+    from masc_hf.evaluation.sampling import SampleError
+
+    options = dict(num_per_class=2, class_labels=[0, 2], seed=3, batch_size=3, progress=False,
+                   semantic_guidance=(1.0, 3.0), detail_guidance=2.0, attention_guidance_weight=0.5)
+    report = sample_images(pipe, tmp_path / "s", **options)
+    settings = json.loads((tmp_path / "s" / "sampling.json").read_text())
+    assert report["num_images"] == 4 and settings["guidance_scale"] is None
+    assert settings["semantic_guidance"] == [1.0, 3.0] and settings["detail_guidance"] == [2.0, 2.0]
+    assert settings["attention_guidance_weight"] == 0.5
+    image = np.asarray(PIL_open(tmp_path / "s" / "000003.png"))
+    expected = pipe([2], output_type="np", generator=[torch.Generator().manual_seed(image_seed(3, 3))],
+                    semantic_guidance=(1.0, 3.0), detail_guidance=2.0, attention_guidance_weight=0.5).images[0]
+    assert np.array_equal(image, (expected * 255).round().astype(np.uint8))
+    (tmp_path / "s" / "000001.png").unlink()
+    assert sample_images(pipe, tmp_path / "s", **options)["generated"] == 1  # only the missing image is written
+    with pytest.raises(SampleError, match="semantic_guidance"):
+        sample_images(pipe, tmp_path / "s", **{**options, "semantic_guidance": (1.0, 4.0)})
+    with pytest.raises(SampleError, match="IAR2Pipeline has no guidance_scale"):
+        sample_images(pipe, tmp_path / "t", num_per_class=1, guidance_scale=2.0, progress=False)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch, diffusers and accelerate
+def test_sample_recipe_loads_an_iar2_pipeline(pipe, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    pipe.save_pretrained(tmp_path / "pipe")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo / "src")}
+    command = [sys.executable, str(repo / "recipes" / "sample.py"), "--pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "out"),
+               "--num-per-class", "1", "--classes", "0-2", "--semantic-guidance", "1,3", "--detail-guidance", "2", "--cpu"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.load(tmp_path / "out.npz")["arr_0"].shape == (3, 8, 8, 3)
+    bad = subprocess.run(command[:-5] + ["--cfg-scale", "4", "--cpu", "--out", str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=180)
+    assert bad.returncode == 2 and "IAR2Pipeline has no guidance_scale" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def PIL_open(path):
+    import PIL.Image
+
+    return PIL.Image.open(path)

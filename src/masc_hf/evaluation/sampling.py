@@ -51,7 +51,12 @@ _RUN_SETTINGS = (
     "pipeline",
     "cluster_map_fingerprint",
     "transformer_dtype",
+    "semantic_guidance",
+    "detail_guidance",
+    "attention_guidance_weight",
 )
+# IAR2Pipeline's guidance options (None for a MASCPipeline run, so older sampling.json files still match)
+IAR2_GUIDANCE = ("semantic_guidance", "detail_guidance", "attention_guidance_weight")
 
 
 class SampleError(MASCError):
@@ -99,11 +104,14 @@ def sample_images(
     num_processes: int = 1,
     image_size_eval: int | None = None,
     progress: bool = True,
+    semantic_guidance: Sequence[float] | float | None = None,
+    detail_guidance: Sequence[float] | float | None = None,
+    attention_guidance_weight: float | None = None,
 ) -> dict:
     """Draw this process's share of ``num_per_class`` images per class into ``out_dir`` (resumable).
 
     Args:
-        pipe: a :class:`~masc_hf.MASCPipeline` (on the device to sample on).
+        pipe: a :class:`~masc_hf.MASCPipeline` or :class:`~masc_hf.IAR2Pipeline` (on the device to sample on).
         out_dir: the sample folder; created if needed. Rerun with the same settings to resume.
         num_per_class: images per class (the paper: 50).
         class_labels: class ids or names (default: every class of the model, in order).
@@ -118,6 +126,8 @@ def sample_images(
             LlamaGen does to evaluate its 384 px models against the 256 px reference batch; ``None``
             keeps the pipeline's size.
         progress: show a progress bar.
+        semantic_guidance, detail_guidance, attention_guidance_weight: an IAR2Pipeline's guidance
+            (``guidance_scale`` is then not used); ``None`` takes the model's defaults, recorded as values.
 
     Returns:
         ``{"out_dir", "num_images", "generated", "skipped", "settings"}``: the run's image count,
@@ -140,7 +150,8 @@ def sample_images(
     if not labels:
         raise SampleError("class_labels is empty; pass at least one class, or None for every class of the model")
     num_images = len(labels) * num_per_class
-    settings = _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images)
+    iar2 = {"semantic_guidance": semantic_guidance, "detail_guidance": detail_guidance, "attention_guidance_weight": attention_guidance_weight}
+    settings = _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images, iar2)
     if image_size_eval is not None:
         _check_positive_int("image_size_eval", image_size_eval)
         settings.update(generated_size=settings["image_size"], image_size=image_size_eval, resize="bicubic")
@@ -157,7 +168,11 @@ def sample_images(
         "process %d/%d: %d of its %d images to draw into %s (%d already written)",
         process_index, num_processes, len(mine) - len(done), len(mine), out_dir, len(done),
     )
-    sampling = dict(guidance_scale=settings["guidance_scale"], temperature=temperature, top_k=top_k, top_p=top_p)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    if _is_iar2(pipe):
+        sampling.update({name: settings[name] for name in IAR2_GUIDANCE})
+    else:
+        sampling.update(guidance_scale=settings["guidance_scale"])
     bar = tqdm(total=len(mine), initial=len(done), desc="sampling", unit="img", disable=not progress)
     for batch in batches:
         generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in batch]
@@ -181,14 +196,32 @@ def _check_positive_int(name: str, value) -> None:
         raise SampleError(f"{name} must be a positive int, got {value!r}")
 
 
-def _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images) -> dict:
+def _is_iar2(pipe) -> bool:
+    return hasattr(pipe.transformer.config, "detail_vocab_size")
+
+
+def _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature, top_k, top_p, num_images, iar2: dict) -> dict:
     transformer = pipe.transformer
-    if guidance_scale is None:
-        guidance_scale = transformer.generation_config.guidance_scale
+    given = {name: value for name, value in iar2.items() if value is not None}
+    if _is_iar2(pipe):
+        if guidance_scale is not None:
+            raise SampleError(
+                "an IAR2Pipeline has no guidance_scale: pass semantic_guidance=(start, end), detail_guidance=(start, end) "
+                "and attention_guidance_weight instead"
+            )
+        resolved = transformer._sampling_settings(None, **{name: iar2[name] for name in IAR2_GUIDANCE}, temperature=temperature, top_k=top_k, top_p=top_p)
+        iar2 = {name: resolved[name] if name == "attention_guidance_weight" else list(resolved[name]) for name in IAR2_GUIDANCE}
+        iar2["attention_guidance_weight"] = float(iar2["attention_guidance_weight"])
+    elif given:
+        raise SampleError(f"{sorted(given)} are IAR2Pipeline options; a MASCPipeline takes guidance_scale")
+    else:
+        if guidance_scale is None:
+            guidance_scale = transformer.generation_config.guidance_scale
+        iar2 = dict.fromkeys(IAR2_GUIDANCE)
     pipeline = pipe.name_or_path
     if pipeline is not None and os.path.isdir(pipeline):
         pipeline = str(Path(pipeline).resolve())
-    cluster_map = pipe.cluster_map
+    cluster_map = getattr(pipe, "cluster_map", None)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -198,7 +231,7 @@ def _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature
         "class_labels": [int(label) for label in labels],
         "seed": int(seed),
         "seed_rule": SEED_RULE,
-        "guidance_scale": float(guidance_scale),
+        "guidance_scale": None if guidance_scale is None else float(guidance_scale),
         "temperature": float(temperature),
         "top_k": int(top_k),
         "top_p": float(top_p),
@@ -206,6 +239,7 @@ def _run_settings(pipe, seed, num_per_class, labels, guidance_scale, temperature
         "pipeline": None if pipeline is None else str(pipeline),
         "cluster_map_fingerprint": None if cluster_map is None else cluster_map.fingerprint,
         "transformer_dtype": str(transformer.dtype).removeprefix("torch."),
+        **iar2,
     }
 
 
