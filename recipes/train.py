@@ -1,7 +1,9 @@
-"""Train LlamaGen (flat, or on a MASC / k-means / any cluster map) from token-code shards.
+"""Train LlamaGen (flat, or on a MASC / k-means / any cluster map) or IAR2 from token-code shards.
 
     accelerate launch recipes/train.py --codes_dir codes/imagenet-256 --output_dir runs/gpt-b-masc \\
         --preset GPT-B-256 --cluster_map maps/masc-8192 --global_batch_size 256
+    accelerate launch recipes/train.py --model iar2 --codes_dir codes/imagenet-384-dual --output_dir runs/iar2-b \\
+        --preset IAR2-B --vq converted/iar2-vq
 
 This script turns paths and flags into objects (the code shards, the map, a model that fits them, the
 VQ tokenizer) and hands them to ``masc_hf.training.train``. ``--help`` lists every option: the fields
@@ -27,12 +29,13 @@ class RecipeArguments:
     """Where the data and the model come from (``--model_config``/``--init_from`` replace ``--preset``)."""
 
     codes_dir: str
-    preset: str | None = "GPT-B-256"  # vocabulary, classes and block size follow the data and the map
-    model_config: str | None = None  # JSON file of LlamaGenConfig fields
+    model: str | None = None  # llamagen or iar2 (default: iar2 for dual-codebook codes, else llamagen)
+    preset: str | None = None  # default GPT-B-256 (LlamaGen) / IAR2-B; vocabulary, classes and block size follow the data and the map
+    model_config: str | None = None  # JSON file of LlamaGenConfig (or IAR2Config) fields
     init_from: str | None = None  # a saved model directory, e.g. masc-hf convert-llamagen --cluster-map output
     cluster_map: str | None = None  # train on this map's cluster ids
     cluster_loss_map: str | None = None  # flat model + IAR's cluster CE over this map's clusters (--cluster_loss_weight)
-    vq: str | None = None  # the VQModel directory: also write a MASCPipeline at the end
+    vq: str | None = None  # the VQModel (IAR2: DualCodebookVQModel) directory: also write a pipeline at the end
     class_dropout_prob: float = 0.1  # for a new model: label dropout, which classifier-free guidance needs
     train_refiner: bool = False  # MASC: train a refinement network (hierarchical decoding; --refiner_mode frozen|joint)
     init_refiner: str | None = None  # a saved refiner to continue from (default: a new one, --refiner_* sizes)
@@ -61,9 +64,11 @@ def load_objects(recipe: RecipeArguments, args: ARTrainingArguments) -> dict:
         from masc_hf.data.extract import load_vqmodel
 
         vqvae = load_vqmodel(paths["vq"])
+    kind = paths["model"] or ("iar2" if dataset.is_dual_codebook else "llamagen")
+    preset = paths["preset"] or (None if paths["model_config"] or paths["init_from"] else {"iar2": "IAR2-B"}.get(kind, "GPT-B-256"))
     model = model_for_codes(
-        dataset, preset=paths["preset"], model_config=paths["model_config"], init_from=paths["init_from"],
-        cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed,
+        dataset, preset=preset, model_config=paths["model_config"], init_from=paths["init_from"],
+        cluster_map=cluster_map, class_dropout_prob=recipe.class_dropout_prob, seed=args.seed, kind=kind,
     )
     refiner = None
     if refining:

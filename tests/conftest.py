@@ -46,3 +46,23 @@ def iar2_fixtures() -> Path:
             pytest.fail(f"IAR2 fixtures not found at {IAR2_FIXTURES}; set MASC_HF_IAR2_FIXTURES")
         pytest.skip(f"IAR2 fixtures not found at {IAR2_FIXTURES}; set MASC_HF_IAR2_FIXTURES")
     return IAR2_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_dual_vq():
+    """``tiny_dual_vq(semantic=16, detail=32, seed=0)``: a random 2-level DualCodebookVQModel (4x downsampling
+    stops at 2x here: 8 px images, a 4x4 grid) for pipeline and training tests."""
+    import torch
+
+    from masc_hf import DualCodebookVQModel
+
+    def make(semantic: int = 16, detail: int = 32, seed: int = 0):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return DualCodebookVQModel(
+                block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+                up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, latent_channels=16,
+                num_semantic_embeddings=semantic, num_detail_embeddings=detail, vq_embed_dim=8, sample_size=8,
+            ).eval()
+
+    return make

@@ -8,17 +8,8 @@ from masc_hf import DualCodebookVQModel, IAR2Config, IAR2ForImageGeneration, IAR
 from masc_hf.errors import MASCError
 
 
-def tiny_dual_vq(semantic: int = 16, detail: int = 32, seed: int = 0) -> DualCodebookVQModel:
-    torch.manual_seed(seed)
-    return DualCodebookVQModel(
-        block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
-        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1, latent_channels=16,
-        num_semantic_embeddings=semantic, num_detail_embeddings=detail, vq_embed_dim=8, sample_size=8,
-    ).eval()
-
-
 @pytest.fixture(scope="module")
-def pipe():
+def pipe(tiny_dual_vq):
     torch.manual_seed(0)
     config = IAR2Config(semantic_vocab_size=16, detail_vocab_size=32, hidden_size=48, num_hidden_layers=1, num_attention_heads=4,
                         head_layers=1, num_classes=3, block_size=16, initializer_range=0.2)
@@ -68,7 +59,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert np.array_equal(a, b) and loaded.id2label[1] == "shoe"
 
 
-def test_components_that_do_not_belong_together_are_refused(pipe):
+def test_components_that_do_not_belong_together_are_refused(pipe, tiny_dual_vq):
     with pytest.raises(MASCError, match="16 semantic x 64 detail codes but the IAR2 model predicts 16 x 32"):
         IAR2Pipeline(transformer=pipe.transformer, vqvae=tiny_dual_vq(detail=64))
     from diffusers import VQModel

@@ -1,5 +1,6 @@
 """From names and files to the objects :func:`~masc_hf.training.train` takes: a LlamaGen model that
-fits a code-shard dataset (its vocabulary, sequence length and classes) and, for MASC, its map."""
+fits a code-shard dataset (its vocabulary, sequence length and classes) and, for MASC, its map; or an
+IAR2 model for dual-codebook codes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from ..errors import ModelConfigError
 from .trainer import TrainingError, require_single_codebook
+
+MODEL_KINDS = ("llamagen", "iar2")
 
 __all__ = ["model_for_codes"]
 
@@ -28,8 +31,15 @@ def model_for_codes(
     cluster_map=None,
     class_dropout_prob: float = 0.1,
     seed: int = 0,
+    kind: str | None = None,
 ):
-    """A LlamaGen model for ``train_dataset`` (a :class:`~masc_hf.data.CodeShardDataset`).
+    """A LlamaGen model for ``train_dataset`` (a :class:`~masc_hf.data.CodeShardDataset`), or an IAR2
+    model for dual-codebook codes.
+
+    ``kind``: ``"llamagen"`` or ``"iar2"``; ``None`` picks IAR2 for dual-codebook codes (IAR2's
+    tokenizer), LlamaGen otherwise. An IAR2 ``preset`` is ``"IAR2-B"`` ... ``"IAR2-XXL"`` (the
+    backbone sizes; sequence length, vocabularies and classes follow the data), a ``model_config``
+    holds ``IAR2Config`` fields.
 
     Exactly one source of the architecture: ``init_from`` (a saved model directory, e.g. the output
     of ``masc-hf convert-llamagen --cluster-map``), ``model_config`` (a dict or JSON file of
@@ -45,6 +55,13 @@ def model_for_codes(
 
     from ..models import LlamaGenConfig, LlamaGenForImageGeneration
 
+    dual = bool(getattr(train_dataset, "is_dual_codebook", False))
+    if kind is None:
+        kind = "iar2" if dual else "llamagen"
+    if kind not in MODEL_KINDS:
+        raise TrainingError(f"model kind {kind!r} does not exist; use one of {', '.join(MODEL_KINDS)}")
+    if kind == "iar2":
+        return _iar2_for_codes(train_dataset, preset, model_config, init_from, cluster_map, class_dropout_prob, seed)
     require_single_codebook(train_dataset)
     manifest = train_dataset.manifest
     class_names = train_dataset.class_names
@@ -102,10 +119,72 @@ def model_for_codes(
     return model
 
 
-def read_model_config(model_config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
-    """The ``LlamaGenConfig`` fields of a dict or JSON file (a saved ``config.json`` works too); an
-    unreadable file, a JSON value that is not an object, or an unknown key is a :class:`TrainingError`."""
+def _iar2_for_codes(train_dataset, preset, model_config, init_from, cluster_map, class_dropout_prob: float, seed: int):
+    """An IAR2 model for dual-codebook codes (see :func:`model_for_codes`)."""
+    import torch
+
+    from ..models import IAR2Config, IAR2ForImageGeneration
+
+    if cluster_map is not None:
+        raise TrainingError("an IAR2 model predicts (semantic, detail) pairs and takes no cluster map; drop --cluster_map")
+    if not getattr(train_dataset, "is_dual_codebook", False):
+        raise TrainingError(
+            "an IAR2 model trains on (semantic, detail) id pairs, but these codes hold one id per position; extract them with "
+            "a DualCodebookVQModel (recipes/extract_codes.py --vq DIR)"
+        )
+    manifest, class_names = train_dataset.manifest, train_dataset.class_names
+    if init_from:
+        try:
+            model = IAR2ForImageGeneration.from_pretrained(init_from)
+        except OSError as err:
+            first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise TrainingError(f"init_from={str(init_from)!r} is not a loadable IAR2 model ({first_line}); pass a save_pretrained directory") from None
+        if model.config.tokenizer_fingerprint is None:
+            model.config.tokenizer_fingerprint = manifest.tokenizer_fingerprint
+    else:
+        data_fields: dict[str, Any] = {
+            "block_size": manifest.seq_len,
+            "semantic_vocab_size": manifest.num_tokens,
+            "detail_vocab_size": manifest.num_detail_tokens,
+            "class_dropout_prob": class_dropout_prob,
+            "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
+        }
+        if class_names:
+            data_fields["num_classes"] = len(class_names)
+        if model_config is not None:
+            base = read_model_config(model_config, IAR2Config)
+            if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
+                raise TrainingError(
+                    f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
+                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value you want"
+                )
+            try:
+                config = IAR2Config(**{**base, **data_fields})
+            except ModelConfigError:
+                raise
+            except (TypeError, ValueError) as err:
+                raise TrainingError(f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers") from None
+        elif preset:
+            config = IAR2Config.from_preset(preset, **data_fields)
+        else:
+            raise TrainingError("no model given: pass a preset (e.g. IAR2-B), a model config, or init_from")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = IAR2ForImageGeneration(config)
+    if class_names and len(class_names) == model.config.num_classes:
+        model.config.id2label = dict(enumerate(class_names))
+        model.config.label2id = {name: i for i, name in enumerate(class_names)}
+    return model
+
+
+def read_model_config(model_config: dict[str, Any] | str | os.PathLike, config_class=None) -> dict[str, Any]:
+    """The fields of ``config_class`` (default ``LlamaGenConfig``) in a dict or JSON file (a saved
+    ``config.json`` works too); an unreadable file, a JSON value that is not an object, or an unknown
+    key is a :class:`TrainingError`."""
     from ..models import LlamaGenConfig
+
+    config_class = config_class or LlamaGenConfig
+    name = config_class.__name__
 
     if not isinstance(model_config, (str, os.PathLike)):
         base, where = model_config, "the model config"
@@ -115,27 +194,27 @@ def read_model_config(model_config: dict[str, Any] | str | os.PathLike) -> dict[
         if path.is_dir():
             raise TrainingError(f"{where} is a directory; pass its config.json, or pass a saved model directory as init_from")
         if not path.is_file():
-            raise TrainingError(f"{where} does not exist; pass a JSON file of LlamaGenConfig fields, e.g. {{\"hidden_size\": 768}}")
+            raise TrainingError(f"{where} does not exist; pass a JSON file of {name} fields, e.g. {{\"hidden_size\": 768}}")
         try:
             base = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise TrainingError(f"{where} is not valid JSON ({err}); write a JSON object of LlamaGenConfig fields") from None
+            raise TrainingError(f"{where} is not valid JSON ({err}); write a JSON object of {name} fields") from None
     if not isinstance(base, dict):
         kinds = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
         kind = kinds.get(type(base), type(base).__name__)
-        raise TrainingError(f"{where} must be a JSON object of LlamaGenConfig fields (e.g. {{\"hidden_size\": 768}}), not a {kind}")
-    if base.get("model_type", LlamaGenConfig.model_type) != LlamaGenConfig.model_type:
+        raise TrainingError(f"{where} must be a JSON object of {name} fields (e.g. {{\"hidden_size\": 768}}), not a {kind}")
+    if base.get("model_type", config_class.model_type) != config_class.model_type:
         raise TrainingError(
-            f"{where} is a {base['model_type']!r} config, not LlamaGen's ({LlamaGenConfig.model_type!r}); pass LlamaGenConfig fields"
+            f"{where} is a {base['model_type']!r} config, not {name.removesuffix('Config')}'s ({config_class.model_type!r}); pass {name} fields"
         )
-    fields = sorted(set(inspect.signature(LlamaGenConfig.__init__).parameters) - {"self", "kwargs"})
-    aliases = sorted(LlamaGenConfig.attribute_map)  # the reference's ModelArgs names (dim, n_layer, ...)
-    saved = set(LlamaGenConfig().to_dict()) | {"torch_dtype"}  # what save_pretrained writes besides the fields
+    fields = sorted(set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"})
+    aliases = sorted(config_class.attribute_map)  # the reference's ModelArgs names (dim, n_layer, ...)
+    saved = set(config_class().to_dict()) | {"torch_dtype"}  # what save_pretrained writes besides the fields
     unknown = [key for key in base if key not in fields and key not in aliases and key not in saved]
     if unknown:
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), fields + aliases, n=1)
             hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
-        raise TrainingError(f"{where} has unknown key(s) {', '.join(hints)}; LlamaGenConfig's fields are {', '.join(fields)}")
+        raise TrainingError(f"{where} has unknown key(s) {', '.join(hints)}; {name}'s fields are {', '.join(fields)}")
     return {key: value for key, value in base.items() if key not in _SAVED_ONLY_KEYS}

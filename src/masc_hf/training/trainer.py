@@ -209,14 +209,24 @@ class ARTrainingArguments:
         _check_setting_names(self.allowed_changes)
 
 
-def _model_fields() -> list[str]:
-    """The ``LlamaGenConfig`` fields a checkpoint's model is recorded by (all but sampling defaults)."""
+def _model_fields(config_class=None) -> list[str]:
+    """The config fields a checkpoint's model is recorded by (all but sampling defaults):
+    ``config_class``'s (default: ``LlamaGenConfig``'s and ``IAR2Config``'s)."""
     import inspect
 
+    from ..models.iar2.configuration_iar2 import IAR2Config
     from ..models.llamagen.configuration_llamagen import LlamaGenConfig
 
     skip = ("self", "kwargs", "default_guidance_scale")
-    return [name for name in inspect.signature(LlamaGenConfig.__init__).parameters if name not in skip]
+    names: list[str] = []
+    for cls in (config_class,) if config_class is not None else (LlamaGenConfig, IAR2Config):
+        names += [name for name in inspect.signature(cls.__init__).parameters if name not in skip and name not in names]
+    return names
+
+
+def is_iar2(model) -> bool:
+    """Whether ``model`` (or a wrapped one) predicts (semantic, detail) pairs: an IAR2 model."""
+    return hasattr(getattr(model, "config", None), "detail_vocab_size")
 
 
 def _check_setting_names(names: set[str]) -> None:
@@ -326,6 +336,8 @@ def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
     """The model speaks the data's language: tokenizer, vocabulary, sequence length, classes and cluster map."""
     from ..pipelines.pairing import check_map_fits_model
 
+    if is_iar2(model):
+        return check_iar2_fits_data(model, train_dataset, cluster_map)
     require_single_codebook(train_dataset)
     config = model.config
     data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
@@ -350,6 +362,38 @@ def check_model_fits_data(model, train_dataset, cluster_map=None) -> None:
     seq_len = getattr(train_dataset, "seq_len", None)
     if seq_len is not None and config.block_size != seq_len:
         raise TrainingError(f"the model's block_size {config.block_size} differs from the codes' length {seq_len}")
+    class_names = getattr(train_dataset, "class_names", None)
+    if class_names and config.num_classes != len(class_names):
+        raise TrainingError(f"the model has {config.num_classes} classes but the data has {len(class_names)}")
+
+
+def check_iar2_fits_data(model, train_dataset, cluster_map=None) -> None:
+    """An IAR2 model trains on dual-codebook code shards of its tokenizer: both codebook sizes, the
+    tokenizer fingerprint, the sequence length and the classes agree."""
+    config = model.config
+    if cluster_map is not None:
+        raise TrainingError("an IAR2 model predicts (semantic, detail) pairs and takes no cluster map; drop --cluster_map")
+    if not getattr(train_dataset, "is_dual_codebook", False):
+        raise TrainingError(
+            "an IAR2 model trains on (semantic, detail) id pairs, but these codes hold one id per position; extract them with "
+            "a DualCodebookVQModel (recipes/extract_codes.py --vq DIR of masc-hf convert-iar2-vq or the dual VQ trainer)"
+        )
+    manifest = train_dataset.manifest
+    sizes = (manifest.num_tokens, manifest.num_detail_tokens)
+    if sizes != (config.semantic_vocab_size, config.detail_vocab_size):
+        raise TrainingError(
+            f"the codes come from a tokenizer with {sizes[0]} semantic x {sizes[1]} detail codes but the model predicts "
+            f"{config.semantic_vocab_size} x {config.detail_vocab_size}; build the model for these codes (model_for_codes)"
+        )
+    data_fingerprint, model_fingerprint = manifest.tokenizer_fingerprint, config.tokenizer_fingerprint
+    if None not in (data_fingerprint, model_fingerprint) and data_fingerprint != model_fingerprint:
+        raise TrainingError(
+            f"the model was built for the ids of tokenizer {model_fingerprint[:12]}... but the codes come from tokenizer "
+            f"{data_fingerprint[:12]}... (fingerprints differ); extract the codes with the model's tokenizer, or build a model "
+            "for these codes (model_for_codes)"
+        )
+    if config.block_size != manifest.seq_len:
+        raise TrainingError(f"the model's block_size {config.block_size} differs from the codes' length {manifest.seq_len}")
     class_names = getattr(train_dataset, "class_names", None)
     if class_names and config.num_classes != len(class_names):
         raise TrainingError(f"the model has {config.num_classes} classes but the data has {len(class_names)}")
@@ -395,8 +439,13 @@ def check_cluster_loss(cluster_loss_map, weight: float | None, *, model=None, tr
 def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None, cluster_loss_map=None) -> None:
     """The VQ tokenizer that will render the model's samples is the one of the codes, of the model and
     of the cluster maps (codebook size and fingerprint); checked when training starts, not at the end."""
-    from ..pipelines.pairing import check_map_fits_tokenizer, check_model_fits_vq, tokenizer_fingerprint
+    from ..pipelines.pairing import check_iar2_fits_tokenizer, check_map_fits_tokenizer, check_model_fits_vq, tokenizer_fingerprint
 
+    if is_iar2(model) != hasattr(vqvae.config, "num_detail_embeddings"):
+        raise MASCError(
+            "an IAR2 model renders with a DualCodebookVQModel and a LlamaGen/MASC model with a VQModel; pass the tokenizer "
+            "the codes were extracted with"
+        )
     fingerprint = tokenizer_fingerprint(vqvae)
     data_fingerprint = _data_tokenizer_fingerprint(train_dataset)
     if data_fingerprint is not None and data_fingerprint != fingerprint:
@@ -404,6 +453,8 @@ def check_vq_fits_run(model, train_dataset, vqvae, cluster_map=None, cluster_los
             f"the codes come from VQ tokenizer {data_fingerprint[:12]}... but the vqvae's codebook is {fingerprint[:12]}... "
             "(codebook fingerprints differ); pass the VQ tokenizer the codes were extracted with"
         )
+    if is_iar2(model):
+        return check_iar2_fits_tokenizer(model, vqvae, fingerprint=fingerprint)
     check_model_fits_vq(model, vqvae, fingerprint=fingerprint)
     if cluster_map is not None and cluster_map.codebook_fingerprint is not None:
         check_map_fits_tokenizer(cluster_map, vqvae, fingerprint=fingerprint)
@@ -542,6 +593,8 @@ def train(
     from accelerate.utils import set_seed
 
     check_model_fits_data(model, train_dataset, cluster_map)
+    if is_iar2(model) and (refiner is not None or cluster_loss_map is not None):
+        raise TrainingError("a refiner and a cluster-loss map belong to LlamaGen/MASC models; an IAR2 model trains with its own two losses")
     if refiner is not None:
         model = _two_level(model, refiner, train_dataset, cluster_map, args)
     check_cluster_loss(cluster_loss_map, args.cluster_loss_weight, model=model, train_dataset=train_dataset, cluster_map=cluster_map)
@@ -571,6 +624,7 @@ def train(
     output_dir = Path(args.output_dir)
     progress = _progress_bar(args, accelerator, total_steps, state.global_step)
     tokens_seen, window_start = 0, time.perf_counter()
+    iar2 = is_iar2(accelerator.unwrap_model(model))
     model.train()
     while state.global_step < total_steps:
         if hasattr(train_dataset, "set_epoch"):
@@ -578,9 +632,9 @@ def train(
         dataloader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(dataloader, state.consumed) if state.consumed else dataloader
         for codes, labels, *fine in batches:
-            fine = fine if refiner is not None else ()  # the codebook ids matter only to a refiner
+            fine = fine if refiner is not None or iar2 else ()  # the codebook ids matter only to a refiner; IAR2's detail ids
             loss, logits, parts, grad_norm = _train_step(
-                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss, fine
+                accelerator, model, optimizer, scheduler, codes, labels, args.max_grad_norm, cluster_loss, fine, iar2
             )
             state.consumed += 1
             tokens_seen += codes.numel() * accelerator.num_processes
@@ -738,7 +792,7 @@ def _run_record(args: ARTrainingArguments, model, train_dataset, num_processes: 
     not_recorded = (*RESUME_FREE, "output_dir", "resume", "allow_changed_settings")
     record = {name: value for name, value in asdict(args).items() if name not in not_recorded}
     record.update(learning_rate=paper_learning_rates(config, args)[0], num_processes=num_processes)
-    record.update({name: getattr(config, name, None) for name in _model_fields()})
+    record.update({name: getattr(config, name, None) for name in _model_fields(type(config) if is_iar2(model) else None)})
     record["train_dataset"] = {"num_examples": len(train_dataset), "tokenizer_fingerprint": _data_tokenizer_fingerprint(train_dataset)}
     record.pop("cluster_loss_weight")  # the map, then its weight as used
     record["cluster_loss_map"] = cluster_loss_map.fingerprint if cluster_loss_map is not None else None
@@ -909,7 +963,10 @@ def _write_run_files(accelerator, args: ARTrainingArguments, log_with, model, cl
         write_text_atomic(Path(args.output_dir) / "training_args.json", json.dumps(asdict(args), indent=2, default=str) + "\n")
     if log_with:
         config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
-        config["vocab_size"] = accelerator.unwrap_model(model).config.vocab_size
+        model_config = accelerator.unwrap_model(model).config
+        for name in ("vocab_size", "semantic_vocab_size", "detail_vocab_size"):
+            if hasattr(model_config, name):
+                config[name] = getattr(model_config, name)
         if cluster_loss_map is not None:
             config.update(cluster_loss_map=cluster_loss_map.fingerprint, cluster_loss_weight=_cluster_loss_weight(args, cluster_loss_map))
         accelerator.init_trackers("masc-hf", config=config)
@@ -921,13 +978,19 @@ def _progress_bar(args: ARTrainingArguments, accelerator, total_steps: int, init
     return tqdm(total=total_steps, initial=initial, desc="train", unit="step", disable=not (args.progress and accelerator.is_local_main_process))
 
 
-def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float, cluster_loss=None, fine=()):
+def _train_step(accelerator, model, optimizer, scheduler, codes, labels, max_grad_norm: float, cluster_loss=None, fine=(), iar2=False):
     """Forward (teacher forcing on the whole sequence), backward, clip, optimiser and schedule step.
     Returns ``(loss, logits, parts, grad_norm)``: ``parts`` the named loss parts (cluster loss:
-    ``token_loss``, ``cluster_loss``; a refiner: ``coarse_loss``, ``refiner_loss``), else None."""
+    ``token_loss``, ``cluster_loss``; a refiner: ``coarse_loss``, ``refiner_loss``; IAR2:
+    ``semantic_loss``, ``detail_loss``), else None; an IAR2 model's ``logits`` are a dict
+    ``{"semantic": ..., "detail": ...}``."""
     with accelerator.accumulate(model):
         # ids were checked where they entered (the dataset): no per-step range check (a host sync)
-        if fine:  # a MASC model and its refiner (TwoLevelModel)
+        if iar2:  # codes are the semantic ids, fine[0] the detail ids
+            out = model(semantic_ids=codes, detail_ids=fine[0], class_labels=labels, return_loss=True, check_inputs=False)
+            loss, logits = out.loss, {"semantic": out.logits_semantic, "detail": out.logits_detail}
+            parts = {"semantic_loss": out.loss_semantic, "detail_loss": out.loss_detail}
+        elif fine:  # a MASC model and its refiner (TwoLevelModel)
             loss, logits, parts = model(codes[:, :-1], labels, codes, fine[0])
         elif cluster_loss is None:
             out = model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False)
@@ -953,14 +1016,20 @@ def _mean_over_processes(accelerator, value: torch.Tensor) -> float:
 def _log_step(accelerator, log_with, progress, state: _Progress, logits, parts, grad_norm, scheduler, tokens_per_s: float) -> None:
     """One history record; with loss parts (a cluster loss, a refiner), each besides the total."""
     losses = {name: _mean_over_processes(accelerator, value) for name, value in (parts or {}).items()}
-    entropy, entropy_norm = prediction_entropy(logits.detach())
+    if isinstance(logits, dict):  # an IAR2 model: the entropy of each sub-token's prediction (the first is shown)
+        entropies = {}
+        for name, part in logits.items():
+            entropies[f"entropy_{name}"], entropies[f"entropy_{name}_normalized"] = prediction_entropy(part.detach())
+        entropy_norm = next(value for key, value in entropies.items() if key.endswith("_normalized"))
+    else:
+        entropy, entropy_norm = prediction_entropy(logits.detach())
+        entropies = {"entropy": entropy, "entropy_normalized": entropy_norm}
     record = {
         "step": state.global_step,
         "epoch": state.epoch,
         "loss": state.loss,
         **losses,
-        "entropy": entropy,
-        "entropy_normalized": entropy_norm,
+        **entropies,
         "lr": scheduler.get_last_lr()[0],
         "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
         "tokens_per_s": tokens_per_s,
@@ -1055,11 +1124,15 @@ def _finish(accelerator, model, ema, state: _Progress, output_dir: Path, cluster
 
 
 def write_pipeline(model, vqvae, cluster_map, out_dir: Path, class_names: list[str] | None = None, refiner=None) -> Path:
-    """A ``MASCPipeline`` directory of a trained model, its VQ tokenizer, its map (and refiner)."""
-    from ..pipelines import MASCPipeline
+    """A ``MASCPipeline`` directory of a trained model, its VQ tokenizer, its map (and refiner); an
+    ``IAR2Pipeline`` for an IAR2 model and its dual tokenizer."""
+    from ..pipelines import IAR2Pipeline, MASCPipeline
 
     id2label = dict(enumerate(class_names)) if class_names and len(class_names) == model.config.num_classes else None
-    pipe = MASCPipeline(transformer=model.eval(), vqvae=vqvae, cluster_map=cluster_map, id2label=id2label, refiner=refiner)
+    if is_iar2(model):
+        pipe = IAR2Pipeline(transformer=model.eval(), vqvae=vqvae, id2label=id2label)
+    else:
+        pipe = MASCPipeline(transformer=model.eval(), vqvae=vqvae, cluster_map=cluster_map, id2label=id2label, refiner=refiner)
     with staged_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp)
     return out_dir
