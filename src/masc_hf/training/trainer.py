@@ -54,7 +54,7 @@ RESUME_OVERRIDABLE = (
     "learning_rate", "min_learning_rate", "warmup_steps", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay",
     "max_grad_norm", "mixed_precision", "ema_decay", "seed", "gradient_accumulation_steps", "num_processes",
     "class_dropout_prob", "token_dropout", "attention_dropout", "resid_dropout", "ffn_dropout", "drop_path_rate",
-    "cluster_loss_map", "cluster_loss_weight",
+    "cluster_loss_map", "cluster_loss_weight", "compile",
 )
 
 
@@ -97,7 +97,9 @@ class ARTrainingArguments:
       otherwise; new processes' random states start from the seed), and the model's regularisation
       (``class_dropout_prob`` while it stays above 0, the dropout rates, ``drop_path_rate``), and the
       cluster-oriented loss of a flat model (``cluster_loss_map``, by fingerprint, and its effective
-      ``cluster_loss_weight``): the weights fit any loss, the new one is minimised from the checkpoint's step.
+      ``cluster_loss_weight``): the weights fit any loss, the new one is minimised from the checkpoint's step;
+      and ``compile`` (the same computation, but a compiled graph draws its dropout masks from its own
+      random stream, so the run is no longer the eager one bit for bit).
     - fixed (any change needs a new ``output_dir``): ``global_batch_size`` (the epoch position and
       the schedule's step count follow it), the model's architecture and vocabulary (the saved
       weights and optimiser state only fit them), the cluster map, the code shards' tokenizer and
@@ -127,6 +129,7 @@ class ARTrainingArguments:
     seed: int = 0
     num_workers: int = 0
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model (in place: checkpoints and saved weights unchanged; dropout masks differ from eager)
     log_with: str | None = "auto"  # accelerate tracker; "auto": tensorboard when installed
     progress: bool = True
     allow_changed_settings: str | None = None  # on resume, e.g. "learning_rate,seed" (see the class docstring)
@@ -612,6 +615,8 @@ def train(
     dataloader = _dataloader(train_dataset, args, accelerator.num_processes)
     if args.gradient_checkpointing:
         (model.model if refiner is not None else model).gradient_checkpointing_enable()
+    if args.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the saved model stay as they are
+        model.compile()
     model, optimizer, scheduler, dataloader, ema, total_steps = _prepare(accelerator, model, dataloader, args)
     cluster_loss = None
     if cluster_loss_map is not None:
