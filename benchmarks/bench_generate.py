@@ -8,6 +8,14 @@ call is reported apart. Weights are random: speed does not depend on them.
 
     python benchmarks/bench_generate.py                       # tiny random model, batch 4 (about 1-2 min on 2 CPU cores)
     python benchmarks/bench_generate.py --preset GPT-B-256 --batch-size 8 --device cuda --dtype bfloat16
+    python benchmarks/bench_generate.py --preset GPT-B-256 --batch-size 4 --threads 2 --reference-src DIR --floor --no-baseline
+
+``--reference-src DIR``: a checkout of github.com/FoundationVision/LlamaGen, imported from there (never
+copied into this project): its ``generate`` on a model of the same preset, batch, guidance and
+threads, in the same run. ``--floor``: the time the decode steps' linear layers alone take as plain
+``F.linear`` calls of the same shapes and dtype (every layer's projections and the head, at the
+guided batch's rows, ``block_size`` times): the memory-bound floor of a decode step on a CPU. The
+last line gives ours against the reference and against the floor.
 """
 
 from __future__ import annotations
@@ -78,6 +86,45 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reference_generate(src, model, labels: torch.Tensor, guidance_scale: float, top_k: int):
+    """A callable running the LlamaGen reference's ``generate`` on a reference model of ``model``'s sizes."""
+    from pathlib import Path
+
+    src = Path(src)
+    if not (src / "autoregressive" / "models" / "generate.py").is_file():
+        raise SystemExit(f"--reference-src {src}: no autoregressive/models/generate.py there; pass a LlamaGen checkout")
+    sys.path.insert(0, str(src))
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import ModelArgs, Transformer
+
+    config = model.config
+    args = ModelArgs(dim=config.hidden_size, n_layer=config.num_hidden_layers, n_head=config.num_attention_heads,
+                     vocab_size=config.vocab_size, block_size=config.block_size, num_classes=config.num_classes,
+                     class_dropout_prob=config.class_dropout_prob, cls_token_num=1, model_type="c2i")
+    torch.manual_seed(0)
+    reference = Transformer(args).to(device=model.device, dtype=model.dtype).eval()
+    torch.nn.init.normal_(reference.output.weight, std=0.02)
+    assert sum(p.numel() for p in reference.parameters()) == model.num_parameters(), "the reference model has another size"
+    return lambda: generate(reference, labels, config.block_size, cfg_scale=guidance_scale, cfg_interval=-1, temperature=1.0, top_k=top_k, top_p=1.0, sample_logits=True)
+
+
+def linear_floor(model, batch_size: int, guidance_scale: float):
+    """A callable doing only the decode steps' matrix products: for each of ``block_size`` steps, every
+    linear layer of the model (and the head) as a plain ``F.linear`` on ``[rows, 1, in]`` inputs."""
+    rows = batch_size * (2 if guidance_scale not in (0.0, 1.0) else 1)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(rows, 1, w.shape[1], device=w.device, dtype=w.dtype) for w in weights}
+    steps = model.config.block_size
+
+    @torch.no_grad()
+    def run():
+        for _ in range(steps):
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    return run
+
+
 def measure(fn, device: str, repeats: int) -> float:
     """Best wall time of ``repeats`` calls, in seconds."""
     best = float("inf")
@@ -119,6 +166,10 @@ def run(args: argparse.Namespace, device: str) -> None:
             candidates["hierarchical, compiled"] = lambda: model.generate(
                 labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner, compile=True
             )
+    if args.reference_src:
+        candidates["LlamaGen reference"] = reference_generate(args.reference_src, model, labels, args.guidance_scale, args.top_k)
+    if args.floor:
+        candidates["linear layers (floor)"] = linear_floor(model, args.batch_size, args.guidance_scale)
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
     print(f"{'method':<26}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
@@ -139,6 +190,14 @@ def run(args: argparse.Namespace, device: str) -> None:
     for name, seconds in results.items():
         if name != reference:
             print(f"{name} / {reference} speed: {results[reference] / seconds:.2f}x")
+    ours = min((name for name in results if name.startswith("static cache")), key=results.get, default=reference)
+    summary = []
+    if "LlamaGen reference" in results:
+        summary.append(f"ours ({ours}) vs the LlamaGen reference: {results['LlamaGen reference'] / results[ours]:.2f}x images/s")
+    if "linear layers (floor)" in results:
+        summary.append(f"time / linear-layer floor: {results[ours] / results['linear layers (floor)']:.2f}x (goal <= 1.25x)")
+    if summary:
+        print(f"batch {args.batch_size}: " + "; ".join(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of generate (best is reported)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
+    parser.add_argument("--reference-src", help="a LlamaGen checkout: time its generate on the same model sizes, in the same run")
+    parser.add_argument("--floor", action="store_true", help="time the decode steps' linear layers alone (plain F.linear): the CPU floor")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
     parser.add_argument("--refiner", action="store_true", help="MASC model: random-member against hierarchical decoding (the refiner's cost)")
     parser.add_argument("--refiner-clusters", type=int, default=8192, help="k of the MASC model with --refiner (default 8192 = N/2)")

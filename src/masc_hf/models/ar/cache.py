@@ -17,6 +17,11 @@ class StaticKVCache:
     mask :meth:`attention_mask`, so every decode step has the same shapes (compilable, and CUDA-graph
     friendly: the buffers are marked as static addresses). One tensor per layer, not views of one
     big tensor: a compiled step then writes the new position in place instead of copying the base.
+
+    ``visible``: set by an eager decoding loop to the number of positions written so far, when the
+    query is the last of them. Attention then reads only those positions, with no mask: the work of
+    a step grows with the position instead of being ``max_len`` every time (shapes change, so a
+    compiled step leaves it ``None``).
     """
 
     def __init__(
@@ -26,6 +31,7 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.arange(max_len, device=device)
+        self.visible: int | None = None
         if not torch.compiler.is_compiling():
             for tensor in (*self.keys, *self.values):
                 torch._dynamo.mark_static_address(tensor)
@@ -42,6 +48,8 @@ class StaticKVCache:
         layer_keys, layer_values = self.keys[layer_idx], self.values[layer_idx]
         layer_keys.index_copy_(2, cache_position, keys)
         layer_values.index_copy_(2, cache_position, values)
+        if self.visible is not None:
+            return layer_keys[:, :, : self.visible], layer_values[:, :, : self.visible]
         return layer_keys, layer_values
 
     def attention_mask(self, cache_position: torch.Tensor) -> torch.Tensor:

@@ -115,9 +115,15 @@ class Attention(nn.Module):
             key = key.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
             value = value.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         first_key = None
+        visible_only = cache is not None and attention_mask is None  # the cache's visible positions, the queries last
+        if visible_only and length > 1 and key.shape[2] != length:  # SDPA's is_causal aligns top-left: spell the mask out
+            keys = key.shape[2]
+            attention_mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(diagonal=keys - length)
+            visible_only = False
         if return_first_key_attention:
-            if attention_mask is None:  # causal over the S positions
-                attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+            if attention_mask is None:  # causal: the queries are the last S of the keys
+                keys = key.shape[2]
+                attention_mask = torch.ones(length, keys, dtype=torch.bool, device=query.device).tril(diagonal=keys - length)
             scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * self.head_dim**-0.5
             probs = scores.masked_fill(~attention_mask[None, None], float("-inf")).softmax(dim=-1)
             first_key = probs[..., 0]
@@ -128,9 +134,9 @@ class Attention(nn.Module):
                 query,
                 key,
                 value,
-                attn_mask=None if cache is None else attention_mask[None, None],
+                attn_mask=None if cache is None or visible_only else attention_mask[None, None],
                 dropout_p=self.attention_dropout if self.training else 0.0,
-                is_causal=cache is None and length > 1,
+                is_causal=(cache is None or visible_only) and length > 1,
             )
         output = self.resid_dropout(self.o_proj(output.transpose(1, 2).reshape(batch, length, q_size)))
         return output if first_key is None else (output, first_key)
@@ -148,7 +154,7 @@ def run_layers(
     sequence, or written to and attending over ``cache`` when one is given. With
     ``last_layer_first_key_attention`` also return the last layer's attention to key 0 ``[B, heads, S]``."""
     cos, sin = rotary_emb(positions)
-    mask = cache.attention_mask(positions) if cache is not None else None
+    mask = cache.attention_mask(positions) if cache is not None and cache.visible is None else None
     for n, layer in enumerate(layers):
         if last_layer_first_key_attention and n == len(layers) - 1:
             return layer(hidden_states, cos, sin, cache, positions, mask, return_first_key_attention=True)

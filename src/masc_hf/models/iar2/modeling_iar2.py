@@ -389,6 +389,7 @@ class IAR2ForImageGeneration(ClassConditioning, IAR2PreTrainedModel):
                     pair = (semantic_ids[:, step - 1], detail_ids[:, step - 1])
                     feed = self.embed_tokens(*(torch.cat([ids, ids]) if guided else ids for ids in pair))[:, None]
                 position = torch.tensor([step], device=device)
+                cache.visible = step + 1  # attend to the written positions only
                 hidden, first_key = run_layers(self.layers, feed, self.rotary_emb, position, cache, last_layer_first_key_attention=True)
                 compressed[:, step] = self.head.context.compress(hidden[:, 0])
                 context = self.head.context(compressed[:, : step + 1], position)  # [R, 1, D]
@@ -403,12 +404,14 @@ class IAR2ForImageGeneration(ClassConditioning, IAR2PreTrainedModel):
                         schedule[f"{part}_scale"][:, step] = scales[part]
                     schedule["class_attention"][:, step] = class_attention
 
+                head_cache.visible = 2
                 slots = run_layers(self.head.layers, torch.cat([context, hidden], dim=1), self.rotary_emb, head_positions[:2], head_cache)
                 logits = self._guide(self._head_logits(slots[:, 1], "semantic"), scales.get("semantic"), guidance["semantic"], batch)
                 semantic_ids[:, step] = self._sample(logits, settings, 0, shared_generator, uniforms, 2 * step)
 
                 semantic = semantic_ids[:, step]
                 feed = self.embed_semantic(torch.cat([semantic, semantic]) if guided else semantic)[:, None]
+                head_cache.visible = 3
                 slot = run_layers(self.head.layers, feed, self.rotary_emb, head_positions[2:], head_cache)
                 logits = self._guide(self._head_logits(slot[:, 0], "detail"), scales.get("detail"), guidance["detail"], batch)
                 detail_ids[:, step] = self._sample(logits, settings, 1, shared_generator, uniforms, 2 * step + 1)

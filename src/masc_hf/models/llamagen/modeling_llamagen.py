@@ -462,6 +462,11 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
             fine = torch.empty_like(tokens) if refiner is not None else None
             refiner_cache = refiner.new_cache(batch_size, device=device) if refiner is not None else None
+            eager = not compile  # eager steps attend to the written positions only (StaticKVCache.visible)
+            if eager:
+                cache.visible = config.cls_token_num
+                if refiner_cache is not None:
+                    refiner_cache.visible = 1
             prefill_positions = torch.arange(config.cls_token_num, device=device)
             outputs = self(
                 class_labels=rows, force_drop_ids=drop, past_key_values=cache, cache_position=prefill_positions, return_dict=False,
@@ -485,6 +490,10 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             for step in tqdm(range(length - 1), desc="generate", disable=not progress_bar, leave=False):
                 step_uniforms = None if uniforms is None else uniforms[:, step + 1]
                 args = (tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling)
+                if eager:
+                    cache.visible = config.cls_token_num + step + 1
+                    if refiner_cache is not None:
+                        refiner_cache.visible = step + 2
                 if refiner is None:
                     tokens[:, step + 1] = step_fn(*args)
                 else:
