@@ -653,14 +653,20 @@ def _register_quickstart(subparsers) -> None:
     )
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--fast", action="store_true", help="a smaller, faster run")
+    p.add_argument(
+        "--system", choices=["masc", "iar2"], default="masc",
+        help="masc (default): VQ -> MASC map -> LlamaGen on cluster ids; iar2: dual-codebook tokenizer -> IAR2 (default --out runs/quickstart-iar2)",
+    )
     p.set_defaults(func=_run_quickstart)
 
 
 def _run_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
+    if args.system == "iar2" and args.out == "runs/quickstart":
+        args.out = "runs/quickstart-iar2"
     check_output_directory(args.out)
-    report = run_quickstart(args.out, preset="fast" if args.fast else "default")
+    report = run_quickstart(args.out, preset="fast" if args.fast else "default", system=args.system)
     seconds = sum(report["seconds"].values())
     print(f"samples:                  {report['samples']}")
     print(f"pipeline:                 {report['pipeline']}")

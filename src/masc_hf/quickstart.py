@@ -13,6 +13,9 @@ Steps (each through the library's real code path):
 6. ``samples.png``: one row per class, named; and class consistency: the share of generated images
    that a classifier trained on the real training images assigns to their conditioning class,
    beside that classifier's accuracy on the real test set.
+
+``system="iar2"`` runs IAR2's loop instead (:func:`run_iar2_quickstart`): a dual-codebook tokenizer
+trained in its two stages, (semantic, detail) codes, a small IAR2 model, the same samples and figures.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ._io import atomic_path, staged_dir, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QuickstartSettings", "QUICKSTART_PRESETS", "run_quickstart"]
+__all__ = ["IAR2_QUICKSTART_PRESETS", "IAR2QuickstartSettings", "QuickstartSettings", "QUICKSTART_PRESETS", "run_iar2_quickstart", "run_quickstart"]
 
 
 @dataclass
@@ -57,21 +60,56 @@ QUICKSTART_PRESETS = {
 }
 
 
+@dataclass
+class IAR2QuickstartSettings:
+    """The IAR2 quickstart: a 16 semantic x 64 detail tokenizer (two stages), a small IAR2."""
+
+    semantic_embeddings: int = 16
+    detail_embeddings: int = 64
+    semantic_steps: int = 250
+    detail_steps: int = 250
+    train_examples: int | None = 30000
+    hidden_size: int = 192
+    num_layers: int = 3
+    head_layers: int = 1
+    num_heads: int = 4
+    steps: int = 400
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    semantic_guidance: tuple[float, float] = (1.0, 3.0)
+    detail_guidance: tuple[float, float] = (1.0, 3.0)
+    attention_guidance_weight: float = 1.0
+    samples_per_class: int = 50
+    grid_columns: int = 8
+    classifier_epochs: float = 1.0
+    seed: int = 0
+
+
+IAR2_QUICKSTART_PRESETS = {
+    "default": IAR2QuickstartSettings(),
+    "fast": IAR2QuickstartSettings(semantic_steps=120, detail_steps=120, train_examples=20000, steps=250, samples_per_class=30, classifier_epochs=0.5),
+}
+
+
 def _stage(name: str):
     logger.info("== %s", name)
     return time.perf_counter()
 
 
-def run_quickstart(out_dir: str | Path, preset: str = "default", settings: QuickstartSettings | None = None, progress: bool = True) -> dict:
-    """Run the quickstart into ``out_dir``; returns the figures it printed (also in ``report.json``)."""
-    import numpy as np
+def run_quickstart(
+    out_dir: str | Path, preset: str = "default", settings: QuickstartSettings | None = None, progress: bool = True, system: str = "masc"
+) -> dict:
+    """Run the quickstart into ``out_dir``; returns the figures it printed (also in ``report.json``).
+    ``system="iar2"``: IAR2's loop (:func:`run_iar2_quickstart`)."""
+    if system == "iar2":
+        return run_iar2_quickstart(out_dir, preset, settings, progress)
+    if system != "masc":
+        raise ValueError(f"system must be 'masc' or 'iar2', got {system!r}")
     import torch
 
     from .clustering import build_cluster_map
     from .data import CodeShardDataset
-    from .evaluation.classifier import class_consistency, train_classifier
     from .pipelines import MASCPipeline
-    from .pipelines.grid import save_image_grid
     from .vq import export_codebook
     from .training import ARTrainingArguments, model_for_codes, train
 
@@ -119,20 +157,7 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
 
     t = _stage("6/6 samples and class consistency")
     pipe = MASCPipeline(transformer=output.model, vqvae=vqvae, cluster_map=cluster_map, id2label=dict(enumerate(class_names)))
-    pipe.set_progress_bar_config(disable=not progress)
-    n = settings.samples_per_class
-    generator = torch.Generator().manual_seed(settings.seed)
-    samples = pipe(list(range(10)), num_images_per_label=n, generator=generator, output_type="pil").images
-    columns = min(settings.grid_columns, n)
-    grid_images = [samples[c * n + j] for c in range(10) for j in range(columns)]
-    save_image_grid([im.resize((64, 64), resample=0) for im in grid_images], rows=10, row_labels=class_names, path=out / "samples.png")
-
-    classifier, classifier_stats = train_classifier(
-        train_set.images, train_set.labels, epochs=settings.classifier_epochs, seed=settings.seed,
-        eval_images=test_set.images, eval_labels=test_set.labels, progress=progress,
-    )
-    accuracy = classifier_stats["test_accuracy"]
-    consistency = class_consistency(classifier, samples, np.repeat(np.arange(10), n), center_crop=28)
+    consistency, accuracy = _samples_and_consistency(pipe, settings, class_names, train_set, test_set, out, progress)
     timings["samples"] = time.perf_counter() - t
 
     report = {
@@ -142,6 +167,130 @@ def run_quickstart(out_dir: str | Path, preset: str = "default", settings: Quick
         "vq": {k: v for k, v in vq_stats.items() if isinstance(v, (int, float, str))},
         "final_loss": output.loss,
         "final_entropy_normalized": output.history[-1]["entropy_normalized"] if output.history else None,
+        "samples": str(out / "samples.png"),
+        "pipeline": output.pipeline_dir,
+        "seconds": timings,
+        "settings": asdict(settings),
+    }
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _samples_and_consistency(pipe, settings, class_names, train_set, test_set, out: Path, progress: bool, **sampling) -> tuple[float, float]:
+    """``samples.png`` (one row per class) from ``pipe``, and the share of samples a classifier trained on
+    the real training images gives their class, with that classifier's real test accuracy."""
+    import numpy as np
+    import torch
+
+    from .evaluation.classifier import class_consistency, train_classifier
+    from .pipelines.grid import save_image_grid
+
+    pipe.set_progress_bar_config(disable=not progress)
+    n = settings.samples_per_class
+    generator = torch.Generator().manual_seed(settings.seed)
+    samples = pipe(list(range(10)), num_images_per_label=n, generator=generator, output_type="pil", **sampling).images
+    columns = min(settings.grid_columns, n)
+    grid_images = [samples[c * n + j] for c in range(10) for j in range(columns)]
+    save_image_grid([im.resize((64, 64), resample=0) for im in grid_images], rows=10, row_labels=class_names, path=out / "samples.png")
+    classifier, classifier_stats = train_classifier(
+        train_set.images, train_set.labels, epochs=settings.classifier_epochs, seed=settings.seed,
+        eval_images=test_set.images, eval_labels=test_set.labels, progress=progress,
+    )
+    consistency = class_consistency(classifier, samples, np.repeat(np.arange(10), n), center_crop=28)
+    return consistency, classifier_stats["test_accuracy"]
+
+
+def _fashion_mnist(settings, timings: dict):
+    """Fashion-MNIST's splits, the training subset ``settings.train_examples`` and the class names."""
+    import numpy as np
+
+    from .data.fashion_mnist import load_fashion_mnist
+
+    t = _stage("1/6 Fashion-MNIST")
+    train_set, test_set = load_fashion_mnist("train"), load_fashion_mnist("test")
+    images, labels = train_set.images, train_set.labels
+    if settings.train_examples:
+        keep = np.random.default_rng(settings.seed).permutation(len(labels))[: settings.train_examples]
+        images, labels = images[np.sort(keep)], labels[np.sort(keep)]
+    timings["data"] = time.perf_counter() - t
+    return train_set, test_set, images, labels, list(train_set.class_names)
+
+
+def run_iar2_quickstart(
+    out_dir: str | Path, preset: str = "default", settings: IAR2QuickstartSettings | None = None, progress: bool = True
+) -> dict:
+    """IAR2's loop on Fashion-MNIST into ``out_dir``: the dual-codebook tokenizer (semantic stage, then
+    detail stage), (semantic, detail) codes, a small IAR2 trained with ``masc_hf.training.train``,
+    ``samples.png`` and class consistency. Returns the figures (also in ``report.json``)."""
+    import torch
+
+    from .data import CodeShardDataset
+    from .data.extract import extract_codes
+    from .pipelines import IAR2Pipeline
+    from .training import ARTrainingArguments, model_for_codes, train
+    from .training.dual_vq_trainer import evaluate_dual_vq_tokenizer, train_dual_vq_tokenizer
+
+    settings = settings or IAR2_QUICKSTART_PRESETS[preset]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    timings: dict[str, float] = {}
+    train_set, test_set, images, labels, class_names = _fashion_mnist(settings, timings)
+
+    t = _stage("2/6 dual-codebook tokenizer: semantic stage, then detail stage")
+    sizes = dict(num_semantic_embeddings=settings.semantic_embeddings, num_detail_embeddings=settings.detail_embeddings, seed=settings.seed)
+    train_dual_vq_tokenizer(images, "semantic", output_dir=out / "vq-semantic", steps=settings.semantic_steps, progress=progress, **sizes)
+    vqvae, vq_stats = train_dual_vq_tokenizer(
+        images, "detail", output_dir=out / "vq", init=out / "vq-semantic", steps=settings.detail_steps, progress=progress, **sizes
+    )
+    vq_stats = {k: v for k, v in vq_stats.items() if isinstance(v, (int, float, str))}
+    vq_stats.update(evaluate_dual_vq_tokenizer(vqvae, test_set.images[:1000]))
+    image_size = vqvae.config.sample_size
+    timings["vq"] = time.perf_counter() - t
+
+    t = _stage("3/6 (semantic, detail) codes")
+    parquet_dir = write_image_parquet(images, labels, class_names, (image_size - images.shape[-1]) // 2, out / "data", "train")
+    codes_dir = out / "codes"
+    extract_codes(parquet_dir, vqvae.eval(), codes_dir, image_size=image_size, augment="flip", batch_size=256, shard_size=20000, progress=progress)
+    timings["codes"] = time.perf_counter() - t
+
+    t = _stage("4/6 IAR2 on (semantic, detail) pairs")
+    dataset = CodeShardDataset(codes_dir, seed=settings.seed)
+    model_config = {
+        "hidden_size": settings.hidden_size, "num_hidden_layers": settings.num_layers, "num_attention_heads": settings.num_heads,
+        "head_layers": settings.head_layers, "multiple_of": 64, "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1,
+    }
+    model = model_for_codes(dataset, model_config=model_config, seed=settings.seed, kind="iar2")
+    model.generation_config.semantic_guidance = list(settings.semantic_guidance)
+    model.generation_config.detail_guidance = list(settings.detail_guidance)
+    model.generation_config.attention_guidance_weight = settings.attention_guidance_weight
+    output = train(
+        model,
+        dataset,
+        ARTrainingArguments(
+            output_dir=str(out / "run"), max_steps=settings.steps, global_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate, warmup_steps=min(100, settings.steps // 10), mixed_precision="no",
+            checkpoint_every=max(settings.steps // 2, 1), log_every=50, seed=settings.seed, log_with=None, progress=progress,
+        ),
+        vqvae=vqvae,
+    )
+    timings["train"] = time.perf_counter() - t
+
+    t = _stage("5/6 samples and class consistency")
+    pipe = IAR2Pipeline(transformer=output.model, vqvae=vqvae, id2label=dict(enumerate(class_names)))
+    consistency, accuracy = _samples_and_consistency(pipe, settings, class_names, train_set, test_set, out, progress)
+    timings["samples"] = time.perf_counter() - t
+
+    last = output.history[-1] if output.history else {}
+    report = {
+        "system": "iar2",
+        "class_consistency": consistency,
+        "classifier_test_accuracy": accuracy,
+        "chance": 0.1,
+        "vq": vq_stats,
+        "final_loss": output.loss,
+        "final_semantic_loss": last.get("semantic_loss"),
+        "final_detail_loss": last.get("detail_loss"),
         "samples": str(out / "samples.png"),
         "pipeline": output.pipeline_dir,
         "seconds": timings,
@@ -162,21 +311,11 @@ def prepare_tokenizer_and_codes(
     Shared with ``recipes/reproduce_table1.py``, so every Table 1 run sees the quickstart's data and
     tokenizer. Returns the data sets, class names, the tokenizer, its figures and the two paths.
     """
-    import numpy as np
-
     from .data.extract import extract_codes
-    from .data.fashion_mnist import load_fashion_mnist
     from .training.vq_trainer import evaluate_vq_tokenizer, train_vq_tokenizer
 
     timings = {} if timings is None else timings
-    t = _stage("1/6 Fashion-MNIST")
-    train_set, test_set = load_fashion_mnist("train"), load_fashion_mnist("test")
-    images, labels = train_set.images, train_set.labels
-    if settings.train_examples:
-        keep = np.random.default_rng(settings.seed).permutation(len(labels))[: settings.train_examples]
-        images, labels = images[np.sort(keep)], labels[np.sort(keep)]
-    class_names = list(train_set.class_names)
-    timings["data"] = time.perf_counter() - t
+    train_set, test_set, images, labels, class_names = _fashion_mnist(settings, timings)
 
     t = _stage("2/6 VQ tokenizer")
     vq_dir = out / "vq"

@@ -28,3 +28,22 @@ def test_quickstart_end_to_end_on_real_data(tmp_path):
     pipe = MASCPipeline.from_pretrained(report["pipeline"])
     assert isinstance(pipe.cluster_map, MASCClusterMap) and pipe.cluster_map.num_clusters == settings.num_clusters
     assert pipe.id2label[9] == "Ankle boot" and pipe.transformer.config.vocab_size == settings.num_clusters
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install -y dataset-fashion-mnist")
+def test_iar2_quickstart_end_to_end_on_real_data(tmp_path):
+    from masc_hf.quickstart import IAR2QuickstartSettings
+
+    settings = IAR2QuickstartSettings(
+        semantic_steps=8, detail_steps=8, train_examples=600, hidden_size=48, num_layers=1, head_layers=1, num_heads=4, steps=6,
+        batch_size=32, samples_per_class=2, grid_columns=2, classifier_epochs=0.1,
+    )
+    report = run_quickstart(tmp_path / "qs", settings=settings, progress=False, system="iar2")
+    assert PIL.Image.open(report["samples"]).size[1] == 10 * 64
+    assert report["system"] == "iar2" and 0.0 <= report["class_consistency"] <= 1.0
+    assert report["vq"]["semantic_psnr"] < report["vq"]["psnr"]  # the detail codes add what the semantic ones miss
+    from masc_hf import DualCodebookVQModel, IAR2Pipeline
+
+    pipe = IAR2Pipeline.from_pretrained(report["pipeline"])
+    assert isinstance(pipe.vqvae, DualCodebookVQModel) and pipe.vqvae.codebook_sizes == (16, 64)
+    assert pipe.id2label[9] == "Ankle boot" and list(pipe.transformer.generation_config.semantic_guidance) == [1.0, 3.0]
