@@ -31,10 +31,10 @@ from masc_hf.models import LlamaGenConfig, LlamaGenForImageGeneration
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
 
 
-def ours(preset: str, dtype: torch.dtype, compile_model: bool):
+def ours(preset: str, dtype: torch.dtype, compile_model: bool, device: str = "cpu"):
     config = LlamaGenConfig(**TINY) if preset == "tiny" else LlamaGenConfig.from_preset(preset)
     torch.manual_seed(0)
-    model = LlamaGenForImageGeneration(config).to(dtype).train()
+    model = LlamaGenForImageGeneration(config).to(device=device, dtype=dtype).train()
 
     def loss_fn(codes, labels):
         return model(input_ids=codes[:, :-1], class_labels=labels, labels=codes, check_inputs=False).loss
@@ -42,7 +42,7 @@ def ours(preset: str, dtype: torch.dtype, compile_model: bool):
     return model, (torch.compile(loss_fn) if compile_model else loss_fn), config
 
 
-def reference(src: Path, config: LlamaGenConfig, dtype: torch.dtype):
+def reference(src: Path, config: LlamaGenConfig, dtype: torch.dtype, device: str = "cpu"):
     """The reference's GPT with the same sizes (imported from a local LlamaGen checkout)."""
     if not (src / "autoregressive" / "models" / "gpt.py").is_file():
         raise SystemExit(f"--reference-src {src}: no autoregressive/models/gpt.py there; pass a LlamaGen checkout")
@@ -56,7 +56,7 @@ def reference(src: Path, config: LlamaGenConfig, dtype: torch.dtype):
         drop_path_rate=config.drop_path_rate, cls_token_num=1, model_type="c2i",
     )
     torch.manual_seed(0)
-    model = Transformer(args).to(dtype).train()
+    model = Transformer(args).to(device=device, dtype=dtype).train()
 
     def loss_fn(codes, labels):
         return model(idx=codes[:, :-1], cond_idx=labels, targets=codes)[1]
@@ -65,15 +65,21 @@ def reference(src: Path, config: LlamaGenConfig, dtype: torch.dtype):
 
 
 def optimizer_for(model) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    fused = next(model.parameters()).is_cuda or None  # our trainer's choice: fused AdamW on CUDA
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
 
 
 def step_seconds(loss_fn, optimizer, codes, labels) -> float:
+    cuda = codes.is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     loss = loss_fn(codes, labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first (compilation happens here)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also run ours under torch.compile")
     parser.add_argument("--reference-src", type=Path, help="a LlamaGen checkout to import the reference model from")
     args = parser.parse_args()
@@ -92,21 +99,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     runs = {}
-    model, loss_fn, config = ours(args.preset, dtype, False)
+    model, loss_fn, config = ours(args.preset, dtype, False, args.device)
     runs["ours"] = (loss_fn, optimizer_for(model))
     if args.compile:
-        compiled_model, compiled_fn, _ = ours(args.preset, dtype, True)
+        compiled_model, compiled_fn, _ = ours(args.preset, dtype, True, args.device)
         runs["ours (compiled)"] = (compiled_fn, optimizer_for(compiled_model))
     if args.reference_src:
-        ref_model, ref_fn = reference(args.reference_src, config, dtype)
+        ref_model, ref_fn = reference(args.reference_src, config, dtype, args.device)
         runs["reference"] = (ref_fn, optimizer_for(ref_model))
         assert sum(p.numel() for p in ref_model.parameters()) == sum(p.numel() for p in model.parameters()), "different sizes"
 
     generator = torch.Generator().manual_seed(0)
-    codes = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), generator=generator)
-    labels = torch.randint(0, config.num_classes, (args.batch_size,), generator=generator)
+    codes = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), generator=generator).to(args.device)
+    labels = torch.randint(0, config.num_classes, (args.batch_size,), generator=generator).to(args.device)
     tokens = codes.numel()
-    print(f"{args.preset}, batch {args.batch_size} x {config.block_size} tokens, {args.dtype}, {args.threads} threads")
+    print(f"{args.preset}, batch {args.batch_size} x {config.block_size} tokens, {args.dtype}, {args.device}, {args.threads} threads")
     for name, (fn, opt) in runs.items():
         for _ in range(args.warmup):
             step_seconds(fn, opt, codes, labels)
