@@ -9,9 +9,11 @@ choices (padding, architecture, l2-normalised codes, loss, dead codes): docs/vq-
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +45,74 @@ class VQTrainingError(MASCError):
     """VQ training settings that cannot work (bad sizes, a preset that does not exist)."""
 
 
+class _TokenizerSettings:
+    """What the small tokenizer trainers' configs share (this one's and IAR2's dual-codebook one's):
+    the architecture checks, the downsample factor and ``replace``. Subclasses are frozen dataclasses
+    with ``image_size``, ``block_out_channels``, ``norm_num_groups``, ``lr``, ``warmup_steps``,
+    ``min_lr_ratio`` and ``reseed_until`` fields."""
+
+    _error: type[MASCError] = MASCError
+    _what = "tokenizer training"
+
+    def _check_settings(self, positive_integers: tuple[str, ...]) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+        for name in positive_integers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise self._error(f"{self._what}: {name} must be a positive integer, got {value!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.reseed_until <= 1.0:
+            raise self._error(
+                f"{self._what}: need warmup_steps >= 0, min_lr_ratio and reseed_until in [0, 1]; got "
+                f"{self.warmup_steps}, {self.min_lr_ratio}, {self.reseed_until}"
+            )
+        if not self.lr > 0:
+            raise self._error(f"{self._what}: lr must be positive, got {self.lr!r}")
+        if not self.block_out_channels or any(c < 1 or c % self.norm_num_groups for c in self.block_out_channels):
+            raise self._error(
+                f"{self._what}: every block_out_channels entry must be a positive multiple of norm_num_groups="
+                f"{self.norm_num_groups}, got {list(self.block_out_channels)}"
+            )
+        if self.image_size % self.downsample_factor:
+            raise self._error(
+                f"{self._what}: image_size {self.image_size} is not a multiple of the downsample factor "
+                f"{self.downsample_factor}; pick e.g. {self.downsample_factor * math.ceil(self.image_size / self.downsample_factor)}"
+            )
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.downsample_factor) ** 2
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (unknown names raise this config's error)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise self._error(f"{self._what}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def _architecture_kwargs(self) -> dict[str, Any]:
+        """The diffusers VQ backbone's keyword arguments (both tokenizers' encoder and decoder)."""
+        levels = len(self.block_out_channels)
+        return {
+            "in_channels": self.channels,
+            "out_channels": self.channels,
+            "down_block_types": ("DownEncoderBlock2D",) * levels,
+            "up_block_types": ("UpDecoderBlock2D",) * levels,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "sample_size": self.image_size,
+            "norm_num_groups": self.norm_num_groups,
+            "mid_block_add_attention": True,
+        }
+
+
 @dataclass(frozen=True)
-class VQTrainingConfig:
+class VQTrainingConfig(_TokenizerSettings):
     """Every hyper-parameter of a small VQ tokenizer and of its training run.
 
     Architecture: ``image_size`` (model input side; images are padded to it), ``channels`` (in and
@@ -56,6 +124,9 @@ class VQTrainingConfig:
     (:func:`~masc_hf.training.schedules.warmup_cosine_schedule`); dead codes re-seeded
     every ``reseed_every`` steps during the first ``reseed_until`` fraction of the run; ``seed``.
     """
+
+    _error = VQTrainingError
+    _what = "VQ training"
 
     image_size: int = 32
     channels: int = 3
@@ -75,63 +146,12 @@ class VQTrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
-        for name in ("image_size", "channels", "layers_per_block", "latent_channels", "norm_num_groups",
-                     "num_embeddings", "embed_dim", "steps", "batch_size", "reseed_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise VQTrainingError(f"VQ training: {name} must be a positive integer, got {value!r}")
-        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.reseed_until <= 1.0:
-            raise VQTrainingError(
-                f"VQ training: need warmup_steps >= 0, min_lr_ratio and reseed_until in [0, 1]; got "
-                f"{self.warmup_steps}, {self.min_lr_ratio}, {self.reseed_until}"
-            )
-        if not self.lr > 0:
-            raise VQTrainingError(f"VQ training: lr must be positive, got {self.lr!r}")
-        if not self.block_out_channels or any(c < 1 or c % self.norm_num_groups for c in self.block_out_channels):
-            raise VQTrainingError(
-                f"VQ training: every block_out_channels entry must be a positive multiple of norm_num_groups="
-                f"{self.norm_num_groups}, got {list(self.block_out_channels)}"
-            )
-        if self.image_size % self.downsample_factor:
-            raise VQTrainingError(
-                f"VQ training: image_size {self.image_size} is not a multiple of the downsample factor "
-                f"{self.downsample_factor}; pick e.g. {self.downsample_factor * math.ceil(self.image_size / self.downsample_factor)}"
-            )
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    @property
-    def tokens_per_image(self) -> int:
-        return (self.image_size // self.downsample_factor) ** 2
-
-    def replace(self, **changes: Any) -> VQTrainingConfig:
-        """A copy with ``changes`` applied (unknown names raise ``VQTrainingError``)."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise VQTrainingError(f"VQ training: unknown setting(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
+        self._check_settings(("image_size", "channels", "layers_per_block", "latent_channels", "norm_num_groups",
+                              "num_embeddings", "embed_dim", "steps", "batch_size", "reseed_every"))
 
     def vqmodel_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the diffusers ``VQModel`` this config describes."""
-        levels = len(self.block_out_channels)
-        return {
-            "in_channels": self.channels,
-            "out_channels": self.channels,
-            "down_block_types": ("DownEncoderBlock2D",) * levels,
-            "up_block_types": ("UpDecoderBlock2D",) * levels,
-            "block_out_channels": self.block_out_channels,
-            "layers_per_block": self.layers_per_block,
-            "latent_channels": self.latent_channels,
-            "sample_size": self.image_size,
-            "num_vq_embeddings": self.num_embeddings,
-            "norm_num_groups": self.norm_num_groups,
-            "vq_embed_dim": self.embed_dim,
-            "mid_block_add_attention": True,
-        }
+        return {**self._architecture_kwargs(), "num_vq_embeddings": self.num_embeddings, "vq_embed_dim": self.embed_dim}
 
 
 # Sized for 2 CPU cores (about 0.45 s per step of 32 images): "quickstart" about 3 minutes, "fast"
@@ -179,8 +199,37 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
     """
     from ..vq.tokens import decode_ids, encode_images
 
-    image_size = vqmodel.config.sample_size
-    channels = vqmodel.config.in_channels
+    def reconstruct(batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        ids = encode_images(vqmodel, batch)
+        return {"": decode_ids(vqmodel, ids)}, [ids]
+
+    config = vqmodel.config
+    scores, (counts,) = _score_reconstructions(
+        vqmodel, images, reconstruct, (config.num_vq_embeddings,), image_size=config.sample_size, channels=config.in_channels,
+        batch_size=batch_size,
+    )
+    return {**scores[""], **_codebook_use(counts)}
+
+
+@torch.no_grad()
+def _score_reconstructions(
+    model: torch.nn.Module,
+    images: Any,
+    reconstruct: Callable[[torch.Tensor], tuple[dict[str, torch.Tensor], list[torch.Tensor]]],
+    num_codes: tuple[int, ...],
+    *,
+    image_size: int,
+    channels: int,
+    batch_size: int = 500,
+) -> tuple[dict[str, dict[str, float]], list[torch.Tensor]]:
+    """The evaluation loop every small tokenizer shares: ``reconstruct(batch [B, C, S, S]) ->
+    ({name: reconstruction [B, C, S, S]}, [ids of each codebook])`` over ``images`` (as
+    :func:`evaluate_vq_tokenizer` reads them), ``model`` in eval mode meanwhile.
+
+    Returns ``({name: {"psnr", "mse"}}, [code counts [num_codes[i]] per codebook])``: PSNR and MSE on
+    a ``[0, 1]`` scale, per image then averaged, reconstructions clamped to ``[-1, 1]`` and compared on
+    the images' own ``H x W`` region (uint8 input) or whole (float input).
+    """
     crop = None
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         inputs = images
@@ -188,30 +237,36 @@ def evaluate_vq_tokenizer(vqmodel: VQModel, images: Any, *, batch_size: int = 50
         pixels = images_to_tensor(images, value_range=None, torch_channels_last=True)
         crop = pixels.shape[2:]
         inputs = None
-    was_training = vqmodel.training
-    vqmodel.eval()
-    counts = torch.zeros(vqmodel.config.num_vq_embeddings, dtype=torch.long)
-    per_image_mse = []
+    was_training = model.training
+    model.eval()
+    counts = [torch.zeros(n, dtype=torch.long) for n in num_codes]
+    per_image_mse: dict[str, list[torch.Tensor]] = {}
     total = inputs.shape[0] if inputs is not None else pixels.shape[0]
     for start in range(0, total, batch_size):
         if inputs is not None:
             batch = inputs[start : start + batch_size]
         else:
             batch = images_to_tensor(pixels[start : start + batch_size], value_range=(-1.0, 1.0), channels=channels, pad_to=image_size)
-        ids = encode_images(vqmodel, batch)
-        counts += torch.bincount(ids.reshape(-1).cpu(), minlength=counts.numel())
-        recon = decode_ids(vqmodel, ids).float().cpu().clamp(-1, 1)
+        reconstructions, ids = reconstruct(batch)
+        for count, codes in zip(counts, ids):
+            count += torch.bincount(codes.reshape(-1).cpu(), minlength=count.numel())
         target = batch.float()
         if crop is not None:
             top, left = (image_size - crop[0]) // 2, (image_size - crop[1]) // 2
-            recon = recon[:, :, top : top + crop[0], left : left + crop[1]]
             target = target[:, :, top : top + crop[0], left : left + crop[1]]
-        # [-1, 1] -> [0, 1]: the squared error scales by 1/4
-        per_image_mse.append(((recon - target) ** 2).mean(dim=(1, 2, 3)) / 4)
-    vqmodel.train(was_training)
-    mse = torch.cat(per_image_mse).double()
-    per_image_psnr = psnr(mse.clamp_min(1e-10))  # a perfect image counts 100 dB, not inf
-    return {"psnr": float(per_image_psnr.mean()), "mse": float(mse.mean()), **_usage(counts)}
+        for name, recon in reconstructions.items():
+            recon = recon.float().cpu().clamp(-1, 1)
+            if crop is not None:
+                recon = recon[:, :, top : top + crop[0], left : left + crop[1]]
+            # [-1, 1] -> [0, 1]: the squared error scales by 1/4
+            per_image_mse.setdefault(name, []).append(((recon - target) ** 2).mean(dim=(1, 2, 3)) / 4)
+    model.train(was_training)
+    scores = {}
+    for name, parts in per_image_mse.items():
+        mse = torch.cat(parts).double()
+        per_image_psnr = psnr(mse.clamp_min(1e-10))  # a perfect image counts 100 dB, not inf
+        scores[name] = {"psnr": float(per_image_psnr.mean()), "mse": float(mse.mean())}
+    return scores, counts
 
 
 def train_vq_tokenizer(
@@ -249,7 +304,7 @@ def train_vq_tokenizer(
         vqmodel.save_pretrained("out/vq")
     """
     config = _resolve_config(config, overrides)
-    source = _ImageSource(images, config)
+    source = _ImageSource(images, config.image_size, config.channels)
     generator = torch.Generator().manual_seed(config.seed)
     model = build_vqmodel(config)
     model.train()
@@ -265,8 +320,7 @@ def train_vq_tokenizer(
     sampler = _EpochSampler(len(source), config.batch_size, generator)
 
     stats: dict[str, Any] = {"loss": [], "reconstruction_loss": [], "quantizer_loss": [], "reseeded_codes": 0}
-    counts = torch.zeros(config.num_embeddings, dtype=torch.long)
-    last_reseed_step = int(config.steps * config.reseed_until)
+    dead_codes = _DeadCodes(config.num_embeddings, config.reseed_every, int(config.steps * config.reseed_until))
     started = time.perf_counter()
     bar = tqdm(range(config.steps), desc="VQ tokenizer", disable=not progress, dynamic_ncols=True)
     try:
@@ -283,16 +337,11 @@ def train_vq_tokenizer(
             scheduler.step()
             with torch.no_grad():
                 quantizer.embedding.weight.copy_(F.normalize(quantizer.embedding.weight, dim=1))
-            counts += torch.bincount(ids.reshape(-1), minlength=config.num_embeddings)
-            if (step + 1) % config.reseed_every == 0 and step + 1 <= last_reseed_step:
-                dead = torch.nonzero(counts == 0).flatten()
-                if dead.numel():
-                    _seed_codes(quantizer, latents.detach(), dead, generator)
-                    stats["reseeded_codes"] += int(dead.numel())
-                in_use = int((counts > 0).sum())
-                counts.zero_()
-            else:
-                in_use = None
+            dead_codes.observe(ids)
+            dead, in_use = dead_codes.check(step)
+            if dead is not None and dead.numel():
+                _seed_codes(quantizer.embedding.weight, _flat(latents.detach()), dead, generator)
+                stats["reseeded_codes"] += int(dead.numel())
             stats["loss"].append(float(loss.detach()))
             stats["reconstruction_loss"].append(float(reconstruction_loss.detach()))
             stats["quantizer_loss"].append(float(quantizer_loss.detach()))
@@ -333,19 +382,45 @@ def _resolve_config(config: VQTrainingConfig | str | None, overrides: dict[str, 
     return config.replace(**overrides) if overrides else config
 
 
+def _flat(latents: torch.Tensor) -> torch.Tensor:
+    """``[B, d, h, w]`` -> ``[B*h*w, d]``, row-major over positions (the quantizers' order)."""
+    return latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+
+
 @torch.no_grad()
-def _seed_codes(quantizer: torch.nn.Module, latents: torch.Tensor, codes: torch.Tensor, generator: torch.Generator) -> None:
-    """Set codebook rows ``codes`` to distinct random unit latents of the batch (``[B, d, h, w]``)."""
-    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-    picks = torch.randperm(flat.shape[0], generator=generator)
-    if codes.numel() > flat.shape[0]:  # more codes than latents: reuse latents, jittered to stay distinct
-        picks = picks.repeat(math.ceil(codes.numel() / flat.shape[0]))
-    rows = flat[picks[: codes.numel()]]
+def _seed_codes(weight: torch.Tensor, vectors: torch.Tensor, codes: torch.Tensor, generator: torch.Generator, *, normalize: bool = True) -> None:
+    """Set rows ``codes`` of the codebook ``weight`` ``[N, d]`` to distinct random rows of ``vectors``
+    ``[M, d]`` (the batch's latents), slightly jittered, unit length when ``normalize``."""
+    picks = torch.randperm(vectors.shape[0], generator=generator)
+    if codes.numel() > vectors.shape[0]:  # more codes than latents: reuse latents, jittered to stay distinct
+        picks = picks.repeat(math.ceil(codes.numel() / vectors.shape[0]))
+    rows = vectors[picks[: codes.numel()]]
     rows = rows + 1e-3 * torch.randn(rows.shape, generator=generator)
-    quantizer.embedding.weight[codes] = F.normalize(rows, dim=1)
+    weight[codes] = F.normalize(rows, dim=1) if normalize else rows
 
 
-def _usage(counts: torch.Tensor) -> dict[str, float]:
+class _DeadCodes:
+    """Which codes no latent chose: counted over ``every`` steps, reported (then reset) at the end of
+    each such window up to step ``last`` (1-based), so that they can be re-seeded."""
+
+    def __init__(self, num_codes: int, every: int, last: int):
+        self.counts = torch.zeros(num_codes, dtype=torch.long)
+        self.every, self.last = every, last
+
+    def observe(self, ids: torch.Tensor) -> None:
+        self.counts += torch.bincount(ids.reshape(-1), minlength=self.counts.numel())
+
+    def check(self, step: int) -> tuple[torch.Tensor | None, int | None]:
+        """After 0-based ``step``: ``(dead code ids, codes in use)`` at a window's end, else ``(None, None)``."""
+        if (step + 1) % self.every or step + 1 > self.last:
+            return None, None
+        dead, in_use = torch.nonzero(self.counts == 0).flatten(), int((self.counts > 0).sum())
+        self.counts.zero_()
+        return dead, in_use
+
+
+def _codebook_use(counts: torch.Tensor) -> dict[str, float]:
+    """``codebook_usage`` (share of codes used), ``used_codes`` and ``perplexity`` (exp entropy) of code counts."""
     total = counts.sum().clamp_min(1)
     freq = counts.double() / total
     entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum()
@@ -362,7 +437,7 @@ def _training_usage(model: VQModel, source: _ImageSource, generator: torch.Gener
     for start in range(0, indices.numel(), 512):
         ids = encode_images(model, source.batch(indices[start : start + 512]))
         counts += torch.bincount(ids.reshape(-1), minlength=counts.numel())
-    return _usage(counts)
+    return _codebook_use(counts)
 
 
 class _EpochSampler:
@@ -379,35 +454,54 @@ class _EpochSampler:
         self.position += self.batch_size
         return batch
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands (the generator's state is its owner's to save)."""
+        return {"order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.position = state["order"].clone(), int(state["position"])
+
 
 class _ImageSource:
     """Training images as batches ``[B, C, S, S]`` in ``[-1, 1]``: padded uint8 ``[n, C, S, S]`` kept
     compact in memory (60000 Fashion-MNIST images are 61 MB as uint8, 737 MB as float RGB), converted
     per batch; or a torch Dataset."""
 
-    def __init__(self, images: Any, config: VQTrainingConfig):
-        self.config = config
+    def __init__(self, images: Any, image_size: int, channels: int):
+        self.image_size, self.channels = image_size, channels
         self.dataset = None
         if isinstance(images, torch.utils.data.Dataset) and not isinstance(images, torch.Tensor):
             self.dataset = images
             self.size = len(images)
             first = self._item(0)
-            expected = (config.channels, config.image_size, config.image_size)
+            expected = (channels, image_size, image_size)
             if tuple(first.shape) != expected or not first.is_floating_point():
                 raise DataError(
                     f"dataset items must be float tensors {list(expected)} in [-1, 1], got {first.dtype} "
                     f"{list(first.shape)}; transform them (see to_vq_input) or change image_size/channels"
                 )
         else:
-            self.images = images_to_tensor(images, value_range=None, pad_to=config.image_size, torch_channels_last=True)
+            self.images = images_to_tensor(images, value_range=None, pad_to=image_size, torch_channels_last=True)
             self.size = self.images.shape[0]
         if self.size == 0:
             raise DataError("no training images given")
         if self.dataset is None:
-            self.batch(torch.zeros(1, dtype=torch.long))  # channels that cannot become config.channels fail now
+            self.batch(torch.zeros(1, dtype=torch.long))  # channels that cannot become `channels` fail now
 
     def __len__(self) -> int:
         return self.size
+
+    def fingerprint(self) -> str:
+        """sha256 of the padded uint8 images (of a Dataset: its length and first item): the data a
+        resumed run must find again."""
+        digest = hashlib.sha256()
+        if self.dataset is not None:
+            digest.update(f"dataset:{self.size}".encode())
+            digest.update(self._item(0).float().numpy().tobytes())
+        else:
+            digest.update(f"{list(self.images.shape)}:{self.images.dtype}".encode())
+            digest.update(self.images.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def _item(self, index: int) -> torch.Tensor:
         item = self.dataset[index]
@@ -418,5 +512,5 @@ class _ImageSource:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         if self.dataset is not None:
             return torch.stack([self._item(int(i)) for i in indices]).float()
-        return images_to_tensor(self.images[indices], value_range=(-1.0, 1.0), channels=self.config.channels)
+        return images_to_tensor(self.images[indices], value_range=(-1.0, 1.0), channels=self.channels)
 
