@@ -111,7 +111,7 @@ def run_quickstart(
     from .data import CodeShardDataset
     from .pipelines import MASCPipeline
     from .vq import export_codebook
-    from .training import ARTrainingArguments, model_for_codes, train
+    from .training import model_for_codes, train
 
     settings = settings or QUICKSTART_PRESETS[preset]
     out = Path(out_dir)
@@ -145,11 +145,7 @@ def run_quickstart(
     output = train(
         model,
         dataset,
-        ARTrainingArguments(
-            output_dir=str(out / "run"), max_steps=settings.steps, global_batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate, warmup_steps=min(100, settings.steps // 10), mixed_precision="no",
-            checkpoint_every=max(settings.steps // 2, 1), log_every=50, seed=settings.seed, log_with=None, progress=progress,
-        ),
+        _training_arguments(settings, out, progress),
         cluster_map=cluster_map,
         vqvae=vqvae,
     )
@@ -174,6 +170,17 @@ def run_quickstart(
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _training_arguments(settings, out: Path, progress: bool):
+    """The quickstarts' training run: ``settings.steps`` of ``settings.batch_size``, a short warm-up, two checkpoints."""
+    from .training import ARTrainingArguments
+
+    return ARTrainingArguments(
+        output_dir=str(out / "run"), max_steps=settings.steps, global_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, warmup_steps=min(100, settings.steps // 10), mixed_precision="no",
+        checkpoint_every=max(settings.steps // 2, 1), log_every=50, seed=settings.seed, log_with=None, progress=progress,
+    )
 
 
 def _samples_and_consistency(pipe, settings, class_names, train_set, test_set, out: Path, progress: bool, **sampling) -> tuple[float, float]:
@@ -227,7 +234,7 @@ def run_iar2_quickstart(
     from .data import CodeShardDataset
     from .data.extract import extract_codes
     from .pipelines import IAR2Pipeline
-    from .training import ARTrainingArguments, model_for_codes, train
+    from .training import model_for_codes, train
     from .training.dual_vq_trainer import evaluate_dual_vq_tokenizer, train_dual_vq_tokenizer
 
     settings = settings or IAR2_QUICKSTART_PRESETS[preset]
@@ -267,11 +274,7 @@ def run_iar2_quickstart(
     output = train(
         model,
         dataset,
-        ARTrainingArguments(
-            output_dir=str(out / "run"), max_steps=settings.steps, global_batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate, warmup_steps=min(100, settings.steps // 10), mixed_precision="no",
-            checkpoint_every=max(settings.steps // 2, 1), log_every=50, seed=settings.seed, log_with=None, progress=progress,
-        ),
+        _training_arguments(settings, out, progress),
         vqvae=vqvae,
     )
     timings["train"] = time.perf_counter() - t

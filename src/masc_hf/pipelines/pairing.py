@@ -104,14 +104,13 @@ def check_model_fits_vq(model: Any, vqvae: VQModel, fingerprint: str | None = No
             f"the vqvae's codebook has {codebook_size} entries but the transformer's fine vocabulary is {fine}; "
             "use the VQ tokenizer the transformer was trained with"
         )
-    recorded = getattr(config, "tokenizer_fingerprint", None)
-    if recorded is not None:
-        actual = fingerprint or tokenizer_fingerprint(vqvae)
-        if actual != recorded:
-            raise MASCError(
-                f"the transformer was trained on the ids of VQ tokenizer {recorded[:12]}... but this vqvae's codebook is "
-                f"{actual[:12]}... (codebook fingerprints differ); use the VQ tokenizer the transformer was trained with"
-            )
+    mismatch = _fingerprint_mismatch(config, vqvae, fingerprint)
+    if mismatch:
+        recorded, actual = mismatch
+        raise MASCError(
+            f"the transformer was trained on the ids of VQ tokenizer {recorded[:12]}... but this vqvae's codebook is "
+            f"{actual[:12]}... (codebook fingerprints differ); use the VQ tokenizer the transformer was trained with"
+        )
     grid = math.isqrt(config.block_size)
     if grid * grid != config.block_size:
         raise MASCError(f"block_size={config.block_size} is not a square grid of tokens; LlamaGen images are h x h tokens")
@@ -154,14 +153,23 @@ def check_iar2_fits_tokenizer(model: Any, vqvae, fingerprint: str | None = None)
             f"the tokenizer has {theirs[0]} semantic x {theirs[1]} detail codes but the IAR2 model predicts {ours[0]} x {ours[1]}; "
             "use the dual-codebook tokenizer the model was trained with"
         )
+    mismatch = _fingerprint_mismatch(config, vqvae, fingerprint)
+    if mismatch:
+        recorded, actual = mismatch
+        raise MASCError(
+            f"the IAR2 model was trained on the ids of tokenizer {recorded[:12]}... but this vqvae is {actual[:12]}... "
+            "(tokenizer fingerprints differ); use the dual-codebook tokenizer the model was trained with"
+        )
+
+
+def _fingerprint_mismatch(config, vqvae, fingerprint: str | None) -> tuple[str, str] | None:
+    """``(recorded, actual)`` when the model records a tokenizer fingerprint that is not ``vqvae``'s
+    (``fingerprint``: the vqvae's, when already computed), else ``None``."""
     recorded = getattr(config, "tokenizer_fingerprint", None)
-    if recorded is not None:
-        actual = fingerprint or tokenizer_fingerprint(vqvae)
-        if actual != recorded:
-            raise MASCError(
-                f"the IAR2 model was trained on the ids of tokenizer {recorded[:12]}... but this vqvae is {actual[:12]}... "
-                "(tokenizer fingerprints differ); use the dual-codebook tokenizer the model was trained with"
-            )
+    if recorded is None:
+        return None
+    actual = fingerprint or tokenizer_fingerprint(vqvae)
+    return (recorded, actual) if actual != recorded else None
 
 
 def check_iar2_pipeline_components(transformer, vqvae) -> None:

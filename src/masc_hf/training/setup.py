@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelConfigError
-from .trainer import TrainingError, require_single_codebook
+from .trainer import TrainingError, require_dual_codebook, require_single_codebook
 
 MODEL_KINDS = ("llamagen", "iar2")
 
@@ -51,8 +51,6 @@ def model_for_codes(
     refused with the closest field name, and so is a ``class_dropout_prob`` in it that differs from
     the argument (one setting, one place).
     """
-    import torch
-
     from ..models import LlamaGenConfig, LlamaGenForImageGeneration
 
     dual = bool(getattr(train_dataset, "is_dual_codebook", False))
@@ -60,121 +58,77 @@ def model_for_codes(
         kind = "iar2" if dual else "llamagen"
     if kind not in MODEL_KINDS:
         raise TrainingError(f"model kind {kind!r} does not exist; use one of {', '.join(MODEL_KINDS)}")
+    manifest, class_names = train_dataset.manifest, train_dataset.class_names
+    data_fields: dict[str, Any] = {
+        "block_size": manifest.seq_len,
+        "class_dropout_prob": class_dropout_prob,
+        "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
+    }
+    if class_names:
+        data_fields["num_classes"] = len(class_names)
     if kind == "iar2":
-        return _iar2_for_codes(train_dataset, preset, model_config, init_from, cluster_map, class_dropout_prob, seed)
-    require_single_codebook(train_dataset)
-    manifest = train_dataset.manifest
-    class_names = train_dataset.class_names
-    if init_from:
-        try:
-            model = LlamaGenForImageGeneration.from_pretrained(init_from)
-        except OSError as err:
-            first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise TrainingError(
-                f"init_from={str(init_from)!r} is not a loadable model ({first_line}); pass a save_pretrained directory "
-                "(e.g. a run's output_dir/model or masc-hf convert-llamagen output)"
-            ) from None
-        if model.config.tokenizer_fingerprint is None:  # trained on these codes from now on
-            model.config.tokenizer_fingerprint = manifest.tokenizer_fingerprint
+        from ..models import IAR2Config, IAR2ForImageGeneration
+
+        require_dual_codebook(train_dataset, cluster_map)
+        data_fields.update(semantic_vocab_size=manifest.num_tokens, detail_vocab_size=manifest.num_detail_tokens)
+        classes, example = (IAR2Config, IAR2ForImageGeneration), ("IAR2-B", "masc-hf convert-iar2")
     else:
-        data_fields: dict[str, Any] = {
-            "block_size": manifest.seq_len,
-            "class_dropout_prob": class_dropout_prob,
-            "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
-        }
-        if class_names:
-            data_fields["num_classes"] = len(class_names)
+        require_single_codebook(train_dataset)
         if cluster_map is not None:
             data_fields.update(
                 vocab_size=cluster_map.num_clusters, fine_vocab_size=manifest.num_tokens, cluster_map_fingerprint=cluster_map.fingerprint
             )
         else:
             data_fields.update(vocab_size=manifest.num_tokens, fine_vocab_size=None, cluster_map_fingerprint=None)
-        if model_config is not None:
-            base = read_model_config(model_config)
-            if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
-                raise TrainingError(
-                    f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
-                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value "
-                    "you want"
-                )
-            try:
-                config = LlamaGenConfig(**{**base, **data_fields})
-            except ModelConfigError:
-                raise
-            except (TypeError, ValueError) as err:
-                raise TrainingError(
-                    f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers, e.g. {{\"hidden_size\": 768}}"
-                ) from None
-        elif preset:
-            config = LlamaGenConfig.from_preset(preset, **data_fields)
-        else:
-            raise TrainingError("no model given: pass a preset (e.g. GPT-B-256), a model config, or init_from")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaGenForImageGeneration(config)
+        classes, example = (LlamaGenConfig, LlamaGenForImageGeneration), ("GPT-B-256", "masc-hf convert-llamagen")
+    model = _build_model(*classes, example, data_fields, preset, model_config, init_from, class_dropout_prob, seed)
     if class_names and len(class_names) == model.config.num_classes:
         model.config.id2label = dict(enumerate(class_names))
         model.config.label2id = {name: i for i, name in enumerate(class_names)}
     return model
 
 
-def _iar2_for_codes(train_dataset, preset, model_config, init_from, cluster_map, class_dropout_prob: float, seed: int):
-    """An IAR2 model for dual-codebook codes (see :func:`model_for_codes`)."""
+def _build_model(config_class, model_class, example: tuple[str, str], data_fields: dict, preset, model_config, init_from,
+                 class_dropout_prob: float, seed: int):
+    """A model of ``model_class`` from exactly one source (``init_from``, ``model_config`` or ``preset``),
+    its data-given fields set from ``data_fields`` (``example``: a preset and the converter to name in errors)."""
     import torch
 
-    from ..models import IAR2Config, IAR2ForImageGeneration
-
-    if cluster_map is not None:
-        raise TrainingError("an IAR2 model predicts (semantic, detail) pairs and takes no cluster map; drop --cluster_map")
-    if not getattr(train_dataset, "is_dual_codebook", False):
-        raise TrainingError(
-            "an IAR2 model trains on (semantic, detail) id pairs, but these codes hold one id per position; extract them with "
-            "a DualCodebookVQModel (recipes/extract_codes.py --vq DIR)"
-        )
-    manifest, class_names = train_dataset.manifest, train_dataset.class_names
     if init_from:
         try:
-            model = IAR2ForImageGeneration.from_pretrained(init_from)
+            model = model_class.from_pretrained(init_from)
         except OSError as err:
             first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise TrainingError(f"init_from={str(init_from)!r} is not a loadable IAR2 model ({first_line}); pass a save_pretrained directory") from None
-        if model.config.tokenizer_fingerprint is None:
-            model.config.tokenizer_fingerprint = manifest.tokenizer_fingerprint
+            raise TrainingError(
+                f"init_from={str(init_from)!r} is not a loadable model ({first_line}); pass a save_pretrained directory "
+                f"(e.g. a run's output_dir/model or {example[1]} output)"
+            ) from None
+        if model.config.tokenizer_fingerprint is None:  # trained on these codes from now on
+            model.config.tokenizer_fingerprint = data_fields["tokenizer_fingerprint"]
+        return model
+    if model_config is not None:
+        base = read_model_config(model_config, config_class)
+        if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
+            raise TrainingError(
+                f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
+                f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value "
+                "you want"
+            )
+        try:
+            config = config_class(**{**base, **data_fields})
+        except ModelConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise TrainingError(
+                f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers, e.g. {{\"hidden_size\": 768}}"
+            ) from None
+    elif preset:
+        config = config_class.from_preset(preset, **data_fields)
     else:
-        data_fields: dict[str, Any] = {
-            "block_size": manifest.seq_len,
-            "semantic_vocab_size": manifest.num_tokens,
-            "detail_vocab_size": manifest.num_detail_tokens,
-            "class_dropout_prob": class_dropout_prob,
-            "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
-        }
-        if class_names:
-            data_fields["num_classes"] = len(class_names)
-        if model_config is not None:
-            base = read_model_config(model_config, IAR2Config)
-            if "class_dropout_prob" in base and base["class_dropout_prob"] != class_dropout_prob:
-                raise TrainingError(
-                    f"the model config sets class_dropout_prob={base['class_dropout_prob']!r} but class_dropout_prob="
-                    f"{class_dropout_prob!r} was passed (--class_dropout_prob); drop it from the model config and pass the value you want"
-                )
-            try:
-                config = IAR2Config(**{**base, **data_fields})
-            except ModelConfigError:
-                raise
-            except (TypeError, ValueError) as err:
-                raise TrainingError(f"the model config has a value of the wrong type ({err}); sizes and rates are JSON numbers") from None
-        elif preset:
-            config = IAR2Config.from_preset(preset, **data_fields)
-        else:
-            raise TrainingError("no model given: pass a preset (e.g. IAR2-B), a model config, or init_from")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = IAR2ForImageGeneration(config)
-    if class_names and len(class_names) == model.config.num_classes:
-        model.config.id2label = dict(enumerate(class_names))
-        model.config.label2id = {name: i for i, name in enumerate(class_names)}
-    return model
+        raise TrainingError(f"no model given: pass a preset (e.g. {example[0]}), a model config, or init_from")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_class(config)
 
 
 def read_model_config(model_config: dict[str, Any] | str | os.PathLike, config_class=None) -> dict[str, Any]:

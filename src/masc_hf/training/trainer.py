@@ -374,13 +374,7 @@ def check_iar2_fits_data(model, train_dataset, cluster_map=None) -> None:
     """An IAR2 model trains on dual-codebook code shards of its tokenizer: both codebook sizes, the
     tokenizer fingerprint, the sequence length and the classes agree."""
     config = model.config
-    if cluster_map is not None:
-        raise TrainingError("an IAR2 model predicts (semantic, detail) pairs and takes no cluster map; drop --cluster_map")
-    if not getattr(train_dataset, "is_dual_codebook", False):
-        raise TrainingError(
-            "an IAR2 model trains on (semantic, detail) id pairs, but these codes hold one id per position; extract them with "
-            "a DualCodebookVQModel (recipes/extract_codes.py --vq DIR of masc-hf convert-iar2-vq or the dual VQ trainer)"
-        )
+    require_dual_codebook(train_dataset, cluster_map)
     manifest = train_dataset.manifest
     sizes = (manifest.num_tokens, manifest.num_detail_tokens)
     if sizes != (config.semantic_vocab_size, config.detail_vocab_size):
@@ -484,6 +478,17 @@ def require_single_codebook(train_dataset) -> None:
 
     if isinstance(train_dataset, CodeShardDataset):
         train_dataset.require_single_codebook("LlamaGen/MASC training")
+
+
+def require_dual_codebook(train_dataset, cluster_map=None) -> None:
+    """IAR2 models read (semantic, detail) pairs and no cluster map: anything else is a :class:`TrainingError`."""
+    if cluster_map is not None:
+        raise TrainingError("an IAR2 model predicts (semantic, detail) pairs and takes no cluster map; drop --cluster_map")
+    if not getattr(train_dataset, "is_dual_codebook", False):
+        raise TrainingError(
+            "an IAR2 model trains on (semantic, detail) id pairs, but these codes hold one id per position; extract them with "
+            "a DualCodebookVQModel (recipes/extract_codes.py --vq DIR of masc-hf convert-iar2-vq or the dual VQ trainer)"
+        )
 
 
 def _data_tokenizer_fingerprint(train_dataset) -> str | None:

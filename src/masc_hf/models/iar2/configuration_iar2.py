@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from ...errors import ModelConfigError
-from ..llamagen.configuration_llamagen import _ARCHITECTURES, ffn_width
+from ..ar.config import BackboneConfigMixin
+from ..llamagen.configuration_llamagen import _ARCHITECTURES
 
 # IAR2's released sizes: LlamaGen's backbones at 384 px (576 tokens), a 5-block head.
 IAR2_PRESETS: dict[str, dict[str, Any]] = {
@@ -44,7 +44,7 @@ _MODEL_ARGS_NAMES = {
 _MODEL_ARGS_UNUSED = {"caption_dim", "model_type", "max_batch_size", "max_seq_len"}
 
 
-class IAR2Config(PretrainedConfig):
+class IAR2Config(BackboneConfigMixin, PretrainedConfig):
     r"""Hyper-parameters of IAR2's class-conditional transformer (sjtuplayer/IAR2, ``gpt_train.py``).
 
     Each image token is a pair (semantic id, detail id) of a dual-codebook tokenizer
@@ -67,6 +67,7 @@ class IAR2Config(PretrainedConfig):
     """
 
     model_type = "masc_iar2"
+    family = "IAR2"
     attribute_map = {"dim": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}
 
     def __init__(
@@ -133,48 +134,13 @@ class IAR2Config(PretrainedConfig):
                      "head_layers", "num_classes", "block_size", "rope_cell_repeat"):
             if getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)} must be >= 1", f"pass a positive {name}")
-        if self.hidden_size % self.num_attention_heads:
-            fail(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}",
-                 "choose a head count that divides the width")
-        if self.num_key_value_heads < 1 or self.num_attention_heads % self.num_key_value_heads:
-            fail(f"num_key_value_heads={self.num_key_value_heads} does not divide num_attention_heads={self.num_attention_heads}",
-                 "use a divisor of the head count (or None)")
-        if self.head_dim % 4:
-            fail(f"head_dim={self.head_dim} is not a multiple of 4", "2D RoPE splits each head into two axes of rotation pairs")
+        self._check_backbone(fail)
         if self.hidden_size < 12:
             fail(f"hidden_size={self.hidden_size} is below 12", "the local window compresses each of 12 neighbours to hidden_size // 12 values")
-        if self.grid_size**2 != self.block_size:
-            fail(f"block_size={self.block_size} is not a square number of tokens", "use grid_size**2 (576 for 384 px)")
-        if self.cls_token_num != 1:
-            fail(f"cls_token_num={self.cls_token_num}", "class-conditional IAR2 uses exactly one class position")
-        if not 0.0 <= self.class_dropout_prob < 1.0:
-            fail(f"class_dropout_prob={self.class_dropout_prob} is outside [0, 1)", "use e.g. 0.1")
         if not self.semantic_loss_weight >= 0:
             fail(f"semantic_loss_weight={self.semantic_loss_weight} must be >= 0", "use e.g. 1.0")
-        if self.tokenizer_fingerprint is not None and (not isinstance(self.tokenizer_fingerprint, str) or not self.tokenizer_fingerprint):
-            fail(f"tokenizer_fingerprint={self.tokenizer_fingerprint!r} is not a fingerprint string", "use the tokenizer's fingerprint or None")
 
-    # ---- derived sizes -------------------------------------------------------------------------
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def intermediate_size(self) -> int:
-        """FFN width of every block (backbone and head): LlamaGen's rule."""
-        return ffn_width(self.hidden_size, self.multiple_of, self.ffn_dim_multiplier)
-
-    @property
-    def grid_size(self) -> int:
-        return math.isqrt(self.block_size)
-
-    @property
-    def has_null_class(self) -> bool:
-        return self.class_dropout_prob > 0
-
-    @property
-    def null_class_id(self) -> int | None:
-        return self.num_classes if self.has_null_class else None
+    # ---- derived sizes: head_dim, intermediate_size, grid_size, has_null_class, null_class_id (BackboneConfigMixin)
 
     # ---- constructors --------------------------------------------------------------------------
     @classmethod

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from ...errors import ModelConfigError
+from ..ar.config import BackboneConfigMixin, ffn_width  # noqa: F401  (ffn_width: re-exported, its old home)
 
 # Architectures of LlamaGen's class-conditional models (the reference's GPT_B ... GPT_3B factories).
 _ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -53,15 +53,7 @@ _MODEL_ARGS_NAMES = {
 _MODEL_ARGS_UNUSED = {"caption_dim", "model_type", "max_batch_size", "max_seq_len"}
 
 
-def ffn_width(hidden_size: int, multiple_of: int = 256, multiplier: float | None = None) -> int:
-    """LlamaGen's SwiGLU width: int(8 * hidden_size / 3) (times ``multiplier``), rounded up to ``multiple_of``."""
-    width = int(2 * (4 * hidden_size) / 3)
-    if multiplier is not None:
-        width = int(multiplier * width)
-    return -(-width // multiple_of) * multiple_of
-
-
-class LlamaGenConfig(PretrainedConfig):
+class LlamaGenConfig(BackboneConfigMixin, PretrainedConfig):
     r"""Hyper-parameters of LlamaGen's class-conditional transformer (``autoregressive.models.gpt``).
 
     ``vocab_size`` is what the model embeds and predicts: N codebook ids for a flat model, k cluster
@@ -177,24 +169,7 @@ class LlamaGenConfig(PretrainedConfig):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_classes", "block_size"):
             if getattr(self, name) < 1:
                 fail(f"{name}={getattr(self, name)} must be >= 1", f"pass a positive {name}")
-        if self.hidden_size % self.num_attention_heads:
-            fail(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}",
-                "choose a head count that divides the width",
-            )
-        if self.num_key_value_heads < 1 or self.num_attention_heads % self.num_key_value_heads:
-            fail(
-                f"num_key_value_heads={self.num_key_value_heads} does not divide num_attention_heads={self.num_attention_heads}",
-                "use a divisor of the head count (or None for plain multi-head attention)",
-            )
-        if self.head_dim % 4:
-            fail(f"head_dim={self.head_dim} is not a multiple of 4", "2D RoPE splits each head into two axes of rotation pairs")
-        if self.grid_size**2 != self.block_size:
-            fail(f"block_size={self.block_size} is not a square number of tokens", "use grid_size**2 (256 for 256 px, 576 for 384 px)")
-        if self.cls_token_num != 1:
-            fail(f"cls_token_num={self.cls_token_num}", "class-conditional LlamaGen uses exactly one class position (cls_token_num=1)")
-        if not 0.0 <= self.class_dropout_prob < 1.0:
-            fail(f"class_dropout_prob={self.class_dropout_prob} is outside [0, 1)", "use e.g. 0.1 (the reference default)")
+        self._check_backbone(fail)
         if self.fine_vocab_size is None and self.cluster_map_fingerprint is not None:
             fail("cluster_map_fingerprint is set but fine_vocab_size is None", "a MASC model needs both (N and the map's fingerprint)")
         if self.fine_vocab_size is not None and self.fine_vocab_size < self.vocab_size:
@@ -202,37 +177,10 @@ class LlamaGenConfig(PretrainedConfig):
                 f"fine_vocab_size={self.fine_vocab_size} is smaller than vocab_size={self.vocab_size}",
                 "a MASC model predicts k <= N cluster ids: vocab_size=k, fine_vocab_size=N",
             )
-        if self.tokenizer_fingerprint is not None and (not isinstance(self.tokenizer_fingerprint, str) or not self.tokenizer_fingerprint):
-            fail(
-                f"tokenizer_fingerprint={self.tokenizer_fingerprint!r} is not a fingerprint string",
-                "use the tokenizer's codebook fingerprint (masc_hf.pipelines.pairing.tokenizer_fingerprint(vqvae)) or None",
-            )
         if self.default_guidance_scale is not None and self.default_guidance_scale < 0:
             fail(f"default_guidance_scale={self.default_guidance_scale} is negative", "use 1.0 (no guidance) or a value > 1")
 
-    # ---- derived sizes -------------------------------------------------------------------------
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def intermediate_size(self) -> int:
-        """FFN width: int(8 * hidden_size / 3) (times ffn_dim_multiplier), rounded up to multiple_of."""
-        return ffn_width(self.hidden_size, self.multiple_of, self.ffn_dim_multiplier)
-
-    @property
-    def grid_size(self) -> int:
-        return math.isqrt(self.block_size)
-
-    @property
-    def has_null_class(self) -> bool:
-        """Whether the class table has the null (unconditional) row that guidance needs."""
-        return self.class_dropout_prob > 0
-
-    @property
-    def null_class_id(self) -> int | None:
-        return self.num_classes if self.has_null_class else None
-
+    # ---- derived sizes (head_dim, intermediate_size, grid_size, has_null_class, null_class_id: BackboneConfigMixin)
     @property
     def is_masc(self) -> bool:
         return self.fine_vocab_size is not None

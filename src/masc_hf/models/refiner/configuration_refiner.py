@@ -8,7 +8,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from ...errors import ClusterMapMismatchError, ModelConfigError
-from ..llamagen.configuration_llamagen import ffn_width  # the backbone's FFN rule, one home
+from ..ar.config import ffn_width  # the backbone's FFN rule, one home
 
 
 class MASCRefinerConfig(PretrainedConfig):
