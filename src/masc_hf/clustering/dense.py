@@ -11,10 +11,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NumpyMatrix", "leaf_distances", "product_factors", "rac_merges"]
+__all__ = ["NumpyMatrix", "leaf_distances", "rac_merges"]
 
 SELF = 1e300  # a cluster's distance to itself: finite, so weighted means of rows never make NaN
-CLOSE = 1e-4  # |x - y|^2 below CLOSE * (|x|^2 + |y|^2): the product form cancels, use the difference form
 COMPACT_BELOW = 0.7  # compact the matrix once fewer than this fraction of its rows are alive
 
 
@@ -94,59 +93,15 @@ def rac_merges(matrix, sizes: np.ndarray, progress: bool = False) -> np.ndarray:
     return merges
 
 
-def leaf_distances(points: np.ndarray, out: np.ndarray, block: int = 256) -> None:
-    """Euclidean distances ``[m, m]`` of ``points [m, d]`` into ``out``, symmetric bit for bit, with
-    ``SELF`` on the diagonal (the formula: docs/cluster-maps.md)."""
-    m = points.shape[0]
-    left, right, sq = product_factors(points)
-    limit_all = CLOSE * (sq + sq.max())
-    for start in range(0, m, block):
-        stop = min(start + block, m)
-        tile = left[start:stop] @ right[:, start:]  # the strip on and above the diagonal
-        diagonal = (np.arange(stop - start), np.arange(stop - start))
-        tile[diagonal] = np.inf
-        # pairs so close that |x|^2 + |y|^2 - 2 x.y cancels: the difference form instead
-        suspect = np.flatnonzero(tile.min(axis=1) < limit_all[start:stop])
-        for row in suspect.tolist():
-            i = start + row
-            cols = np.flatnonzero(tile[row] < CLOSE * (sq[i] + sq[start:]))
-            tile[row, cols] = _squared_differences(points[i], points[start + cols])
-        np.maximum(tile, 0.0, out=tile)
-        np.sqrt(tile, out=tile)
-        out[start:stop, start:] = tile
-        # below the diagonal: the transpose of what is above it (bit-for-bit symmetric)
-        lower = np.tril_indices(stop - start, -1)
-        out[start:stop, start:stop][lower] = tile[:, : stop - start].T[lower]
-        for col in range(stop, m, block):  # via a contiguous copy: a strided transpose is slower here
-            out[col : col + block, start:stop] = np.ascontiguousarray(tile[:, col - start : col - start + block]).T
+def leaf_distances(points: np.ndarray, out: np.ndarray, block: int = 1024) -> None:
+    """Euclidean distances ``[m, m]`` of ``points [m, d]`` into ``out`` (scipy's ``cdist``:
+    ``sqrt(sum_k (x_k - y_k)^2)`` summed in coordinate order, so symmetric and exact on a grid),
+    with ``SELF`` on the diagonal."""
+    from scipy.spatial.distance import cdist
+
+    for start in range(0, points.shape[0], block):
+        cdist(points[start : start + block], points, "euclidean", out=out[start : start + block])
     np.fill_diagonal(out, SELF)
-
-
-def product_factors(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``left [m, d + 2]``, ``right [d + 2, m]`` and ``sq [m]`` with ``(left @ right)[i, j] =
-    |x_i|^2 + |x_j|^2 - 2 x_i.x_j`` for the centred points ``x`` (every engine multiplies these).
-
-    The shift is the mean rounded to a power of two well below the spread: centring keeps |x|^2
-    small, so the product form is accurate, and codebooks on a grid (integers, halves...) stay on
-    it, so their distances, and their ties, are exact."""
-    mean = points.mean(axis=0)
-    spread = points.std(axis=0)
-    step = np.exp2(np.floor(np.log2(np.where(spread > 0, spread, 1.0))) - 4)
-    centred = points - np.where(spread > 0, np.round(mean / step) * step, points[0])
-    sq = np.einsum("ij,ij->i", centred, centred)
-    ones = np.ones((points.shape[0], 1))
-    left = np.concatenate([centred, sq[:, None], ones], axis=1)
-    right = np.ascontiguousarray(np.concatenate([-2.0 * centred, ones, sq[:, None]], axis=1).T)
-    return left, right, sq
-
-
-def _squared_differences(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """``sum_k (x_k - y_k)^2`` for each row of ``ys``, summed in coordinate order."""
-    total = np.zeros(ys.shape[0])
-    for k in range(ys.shape[1]):
-        diff = ys[:, k] - x[k]
-        total += diff * diff
-    return total
 
 
 class NumpyMatrix:
@@ -214,10 +169,17 @@ class NumpyMatrix:
             pair += (rows[:, b] - pair) * weight_b
             cross[sl] = pair
             d[a[sl]] = rows
-        later = np.triu(cross, 1)
-        later += later.T
-        np.fill_diagonal(later, SELF)
-        d[a[:, None], a[None, :]] = later
+        # between two new clusters p < q the value is cross[p, q]: mirror it below the diagonal
+        for start in range(0, count, step):
+            stop = min(start + step, count)
+            cross[start:stop, :start] = cross[:start, start:stop].T
+            block = cross[start:stop, start:stop]
+            lower = np.tril_indices(stop - start, -1)
+            block[lower] = block.T[lower]
+        np.fill_diagonal(cross, SELF)
+        for start in range(0, count, step):
+            sl = slice(start, start + step)
+            d[np.ix_(a[sl], a)] = cross[sl]
         for start in range(0, count, step):
             sl = a[start : start + step]
             d[:, sl] = d[sl].T

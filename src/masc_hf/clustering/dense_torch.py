@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import MASCError
-from .dense import CLOSE, SELF, product_factors
+from .dense import SELF, leaf_distances
 
 __all__ = ["TorchMatrix"]
 
@@ -82,20 +82,27 @@ def _first_min(block: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _leaf_distances(points: np.ndarray, device: torch.device) -> torch.Tensor:
-    """:func:`.dense.leaf_distances` in torch: the same formula, the same shift."""
-    left, right, sq = (torch.as_tensor(f, dtype=torch.float64, device=device) for f in product_factors(points))
-    original = torch.as_tensor(points, dtype=torch.float64, device=device)
-    d = (left @ right).triu_(1)
-    d = d + d.T  # the upper triangle, mirrored: symmetric bit for bit
-    # pairs so close that |x|^2 + |y|^2 - 2 x.y cancels: the difference form, summed in coordinate order
-    i, j = torch.nonzero(torch.triu(d < CLOSE * (sq[:, None] + sq[None, :]), 1), as_tuple=True)
-    if i.numel():
-        exact = torch.zeros(i.numel(), dtype=torch.float64, device=device)
-        for k in range(points.shape[1]):
-            diff = original[j, k] - original[i, k]
-            exact += diff * diff
-        d[i, j] = exact
-        d[j, i] = exact
-    d.clamp_(min=0.0).sqrt_()
+    """:func:`.dense.leaf_distances` on ``device``: ``sqrt(sum_k (x_k - y_k)^2)`` summed in coordinate
+    order, one rounding per operation, as scipy's ``cdist`` computes it. On the CPU it is ``cdist``
+    itself: torch's vectorised CPU ``sqrt`` is not correctly rounded (CUDA's float64 one is)."""
+    if device.type == "cpu":
+        d = np.empty((points.shape[0], points.shape[0]))
+        leaf_distances(points, d)
+        return torch.from_numpy(d)
+    d = squared_distances(torch.as_tensor(points, dtype=torch.float64, device=device)).sqrt_()
     d.fill_diagonal_(SELF)
     return d
+
+
+def squared_distances(x: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """``sum_k (x_ik - x_jk)^2`` ``[m, m]`` for ``x [m, d]``, summed in coordinate order."""
+    m = x.shape[0]
+    out = torch.empty(m, m, dtype=x.dtype, device=x.device)
+    for start in range(0, m, block):
+        rows = x[start : start + block]
+        total = torch.zeros(rows.shape[0], m, dtype=x.dtype, device=x.device)
+        for k in range(x.shape[1]):
+            diff = rows[:, k, None] - x[None, :, k]
+            total += diff * diff
+        out[start : start + block] = total
+    return out
