@@ -104,6 +104,19 @@ def leaf_distances(points: np.ndarray, out: np.ndarray, block: int = 1024) -> No
     np.fill_diagonal(out, SELF)
 
 
+def _allocate(count: int) -> np.ndarray:
+    """An uninitialised float64 buffer ``[count]``. A large one is, on Linux, an anonymous mapping
+    the kernel fills in at once (``MAP_POPULATE``): faulting in numpy's transparent-huge-page
+    allocation one page at a time costs seconds per GB on some virtual machines."""
+    import mmap
+
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate or count < 1 << 24:
+        return np.empty(count)
+    mapping = mmap.mmap(-1, count * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(mapping, dtype=np.float64)
+
+
 class NumpyMatrix:
     """The ``[m, m]`` float64 distance matrix of the dense engine, with the few operations the rounds
     need. Rows of dead clusters stay in place (masked by ``+inf`` in ``penalty``) until
@@ -111,7 +124,7 @@ class NumpyMatrix:
 
     def __init__(self, points: np.ndarray, chunk_elements: int = 1 << 21):
         m = points.shape[0]
-        self._buffer = np.empty(m * m)
+        self._buffer = _allocate(m * m)
         self.d = self._buffer.reshape(m, m)
         leaf_distances(points, self.d)
         self.penalty = np.zeros(m)
