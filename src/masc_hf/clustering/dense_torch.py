@@ -37,10 +37,15 @@ class TorchMatrix:
     def _index(self, values: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(values, dtype=torch.long, device=self.device)
 
-    def nearest(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        block = self.d.index_select(0, self._index(rows)) + self.penalty
-        value, index = _first_min(block, dim=1)
-        return index.cpu().numpy(), value.cpu().numpy()
+    def nearest(self, rows: np.ndarray, chunk_elements: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
+        step = max(1, chunk_elements // self.d.shape[1])
+        index, value = [], []
+        for start in range(0, rows.size, step):
+            block = self.d.index_select(0, self._index(rows[start : start + step])) + self.penalty
+            v, i = _first_min(block, dim=1)
+            index.append(i)
+            value.append(v)
+        return torch.cat(index).cpu().numpy(), torch.cat(value).cpu().numpy()
 
     def nearest_among(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         block = self.d.index_select(0, self._index(cols)).index_select(1, self._index(rows))
