@@ -68,11 +68,8 @@ def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str,
 
     codebook = codebook_for(n, d, seed)
     if engine == "masc":
-        if masc_engine == "torch":
-            import torch  # imported before the clock starts, like scipy and numpy
-
-            if device and device.startswith("cuda"):
-                torch.zeros(1, device=device)  # CUDA context
+        # imports (scipy.spatial, torch...) and a CUDA context before the clock starts, like scipy's below
+        masc_hf.build_cluster_map(codebook_for(8, d, seed), 2, compute_quality=False, engine=masc_engine, device=device)
         build = lambda: masc_hf.build_cluster_map(  # noqa: E731
             codebook, k, compute_quality=False, engine=masc_engine, device=device
         ).mapping
