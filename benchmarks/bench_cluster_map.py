@@ -1,18 +1,26 @@
-"""Wall time and peak memory of building a MASC map (exact average linkage) against scipy and
-fastcluster (when installed), on the same random codebook, in the same run.
+"""Wall time and peak memory of building a MASC map (exact average linkage, cut at k) against scipy
+and fastcluster (when installed), on the same random codebook, in the same run.
 
-    python benchmarks/bench_cluster_map.py                 # N=16384, d=8, k=8192 (the paper's sizes)
+    python benchmarks/bench_cluster_map.py --n 16384 --d 8 --k 8192   # the paper's sizes (default)
     python benchmarks/bench_cluster_map.py --n 4096 --d 32
+    python benchmarks/bench_cluster_map.py --scaling                  # N = 4096 ... 65536, k = N / 2
+    python benchmarks/bench_cluster_map.py --engine torch --device cuda
 
-Each engine runs in its own subprocess so its peak RSS is its own. Printed per engine: seconds,
-peak RSS (MB) and the increase over the process after imports, the ratio to scipy, and whether its
-partition at k equals scipy's.
+Each engine runs in its own subprocess, so its peak RSS is its own. masc is
+``build_cluster_map(codebook, k, compute_quality=False)`` (tree to the root, then the cut); scipy is
+``linkage(pdist(codebook), "average")`` then ``fcluster(..., k, "maxclust")``; fastcluster is
+``fastcluster.linkage(codebook, "average")`` then the same cut. An engine whose distance matrix
+would not fit in the available memory is skipped, and the output says so. Before timing, one
+throwaway process touches as much memory as the largest engine needs: on a virtual machine the
+first process to touch fresh memory pays for it, and that should not be whichever engine runs first.
+The last line is the masc/scipy ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -20,77 +28,157 @@ import time
 
 import numpy as np
 
+ENGINES = ("masc", "scipy", "fastcluster")
+
+
+def bytes_needed(engine: str, n: int) -> int:
+    """Peak memory of ``engine`` at ``N = n``, roughly: its distance matrices."""
+    if engine == "masc":
+        return 8 * n * n  # one float64 [N, N] matrix
+    if engine == "scipy":
+        return 8 * n * n  # pdist's condensed matrix, and linkage's copy of it
+    return 4 * n * n  # fastcluster: one condensed float64 matrix
+
+
+def available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_engine(engine: str, n: int, d: int, k: int, seed: int) -> dict:
+def codebook_for(n: int, d: int, seed: int) -> np.ndarray:
+    # a float32 codebook, as tokenizers store them, clustered in float64
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32).astype(np.float64)
+
+
+def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str, device: str | None) -> dict:
     from scipy.cluster.hierarchy import fcluster
 
-    from masc_hf.clustering import canonical_labels, cut_linkage
+    import masc_hf
+    from masc_hf.clustering import canonical_labels
 
-    codebook = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32).astype(np.float64)
+    codebook = codebook_for(n, d, seed)
     if engine == "masc":
-        from masc_hf.clustering import average_linkage
-
-        build = lambda: average_linkage(codebook)  # noqa: E731
-        cut = lambda tree: cut_linkage(tree, k)  # noqa: E731
+        # imports (scipy.spatial, torch...) and a CUDA context before the clock starts, like scipy's below
+        masc_hf.build_cluster_map(codebook_for(8, d, seed), 2, compute_quality=False, engine=masc_engine, device=device)
+        build = lambda: masc_hf.build_cluster_map(  # noqa: E731
+            codebook, k, compute_quality=False, engine=masc_engine, device=device
+        ).mapping
     elif engine == "scipy":
         from scipy.cluster.hierarchy import linkage
         from scipy.spatial.distance import pdist
 
-        build = lambda: linkage(pdist(codebook), "average")  # noqa: E731
-        cut = lambda tree: canonical_labels(fcluster(tree, k, "maxclust"))  # noqa: E731
+        build = lambda: canonical_labels(fcluster(linkage(pdist(codebook), "average"), k, "maxclust"))  # noqa: E731
     elif engine == "fastcluster":
         import fastcluster
 
-        build = lambda: fastcluster.linkage(codebook, "average", metric="euclidean")  # noqa: E731
-        cut = lambda tree: canonical_labels(fcluster(tree, k, "maxclust"))  # noqa: E731
+        build = lambda: canonical_labels(  # noqa: E731
+            fcluster(fastcluster.linkage(codebook, "average", metric="euclidean"), k, "maxclust")
+        )
     else:
         raise SystemExit(f"unknown engine {engine}")
     base = rss_mb()
     start = time.perf_counter()
-    tree = build()
+    labels = build()
     seconds = time.perf_counter() - start
-    labels = cut(tree)
-    return {"engine": engine, "seconds": seconds, "peak_rss_mb": rss_mb(), "extra_rss_mb": rss_mb() - base, "labels": labels.tolist()}
+    result = {"engine": engine, "seconds": seconds, "peak_rss_mb": rss_mb(), "extra_rss_mb": rss_mb() - base, "labels": labels.tolist()}
+    if engine == "masc" and masc_engine == "torch" and device and device.startswith("cuda"):
+        import torch
+
+        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def touch_memory(nbytes: int) -> None:
+    """Allocate and write ``nbytes`` in a throwaway process (see the module docstring)."""
+    code = f"import numpy as np; a = np.empty({nbytes // 8}); a[:] = 1.0"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def compare(n: int, d: int, k: int, seed: int, engines: list[str], masc_engine: str, device: str | None, warmup: bool) -> dict:
+    """Run every engine that fits on one codebook; print one line each; return the results by name."""
+    free = available_bytes()
+    runnable = []
+    for engine in engines:
+        if engine == "fastcluster":
+            try:
+                import fastcluster  # noqa: F401
+            except ImportError:
+                print(f"  fastcluster: not installed (pip install 'masc-hf[bench]'); skipped")
+                continue
+        needed = bytes_needed(engine, n)
+        on_gpu = engine == "masc" and masc_engine == "torch" and device is not None and device.startswith("cuda")
+        if not on_gpu and needed > 0.9 * free:
+            print(f"  {engine}: skipped, it needs about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available")
+            continue
+        runnable.append(engine)
+    if warmup and runnable:
+        touch_memory(max(bytes_needed(e, n) for e in runnable))
+    results = {}
+    for engine in runnable:
+        cmd = [sys.executable, __file__, "--engine-run", engine, "--n", str(n), "--d", str(d), "--k", str(k), "--seed", str(seed),
+               "--engine", masc_engine] + (["--device", device] if device else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[engine] = json.loads(out.strip().splitlines()[-1])
+    reference = results.get("scipy")
+    for engine, r in results.items():
+        same = "-" if reference is None else ("yes" if r["labels"] == reference["labels"] else "NO")
+        ratio = "-" if reference is None else f"{reference['seconds'] / r['seconds']:.2f}x"
+        gpu = f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""
+        print(
+            f"  {engine:<12} {r['seconds']:>9.2f} s  {ratio:>8} scipy's speed  peak RSS {r['peak_rss_mb']:>7.0f} MB "
+            f"(+{r['extra_rss_mb']:.0f}){gpu}  same partition as scipy: {same}"
+        )
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=16384)
     parser.add_argument("--d", type=int, default=8)
-    parser.add_argument("--k", type=int, default=8192)
+    parser.add_argument("--k", type=int, default=None, help="clusters (default: N / 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engines", default="masc,scipy,fastcluster")
-    parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: run one engine, print JSON
+    parser.add_argument("--engines", default=",".join(ENGINES), help="which of masc, scipy, fastcluster to run")
+    parser.add_argument("--engine", default="auto", help="the masc engine: auto, numpy or torch")
+    parser.add_argument("--device", default=None, help="device of the torch engine, e.g. cuda")
+    parser.add_argument("--scaling", action="store_true", help="N = 4096, 8192, ..., 65536 (k = N / 2) instead of one N")
+    parser.add_argument("--no-warmup", action="store_true", help="do not pre-touch memory before timing")
+    parser.add_argument("--engine-run", help=argparse.SUPPRESS)  # internal: run one engine, print JSON
     args = parser.parse_args()
-    if args.engine:
-        print(json.dumps(run_engine(args.engine, args.n, args.d, args.k, args.seed)))
+    if args.engine_run:
+        k = args.k if args.k is not None else args.n // 2
+        print(json.dumps(run_engine(args.engine_run, args.n, args.d, k, args.seed, args.engine, args.device)))
         return
 
-    results = []
-    for engine in args.engines.split(","):
-        if engine == "fastcluster":
-            try:
-                import fastcluster  # noqa: F401
-            except ImportError:
-                print("fastcluster not installed (pip install 'masc-hf[bench]'); skipped")
-                continue
-        cmd = [sys.executable, __file__, "--engine", engine, "--n", str(args.n), "--d", str(args.d), "--k", str(args.k), "--seed", str(args.seed)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-
-    ref = next((r for r in results if r["engine"] == "scipy"), results[0])
-    print(f"average linkage, N={args.n} d={args.d} k={args.k} (random float32 codebook, seed {args.seed})")
-    print(f"{'engine':<12} {'seconds':>9} {'x scipy':>8} {'peak MB':>9} {'+MB':>8} {'x scipy':>8}  same partition as scipy")
-    for r in results:
-        same = np.array_equal(np.asarray(r["labels"]), np.asarray(ref["labels"]))
-        print(
-            f"{r['engine']:<12} {r['seconds']:>9.2f} {r['seconds'] / ref['seconds']:>8.2f} {r['peak_rss_mb']:>9.0f} "
-            f"{r['extra_rss_mb']:>8.0f} {r['extra_rss_mb'] / max(ref['extra_rss_mb'], 1e-9):>8.2f}  {'yes' if same else 'NO'}"
-        )
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    sizes = [4096, 8192, 16384, 32768, 65536] if args.scaling else [args.n]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"average linkage, d={args.d}, random float32 codebook (seed {args.seed}), masc engine {args.engine}"
+          f"{' on ' + args.device if args.device else ''}; {os.cpu_count()} CPUs, load average {load:.2f} at start")
+    last = None
+    for n in sizes:
+        k = args.k if (args.k is not None and not args.scaling) else n // 2
+        print(f"N={n} k={k}:")
+        results = compare(n, args.d, k, args.seed, engines, args.engine, args.device, warmup=not args.no_warmup)
+        if "masc" in results and "scipy" in results:
+            last = (results["masc"], results["scipy"])
+    if last is None:
+        print("masc vs scipy: not measured (one of them was skipped or not asked for)")
+        return
+    masc, scipy = last
+    ratio = scipy["seconds"] / masc["seconds"]
+    speed = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+    same = "yes" if masc["labels"] == scipy["labels"] else "NO"
+    print(f"masc vs scipy: {speed} ({masc['seconds']:.2f} s vs {scipy['seconds']:.2f} s), same partition: {same}")
 
 
 if __name__ == "__main__":

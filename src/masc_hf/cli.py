@@ -173,6 +173,7 @@ def _add_codebook_args(parser: argparse.ArgumentParser) -> None:
 
 @command
 def _register_build_map(subparsers) -> None:
+    from .clustering.linkage import LINKAGE_ENGINES
     from .clustering.methods import CLUSTER_METHODS
 
     p = subparsers.add_parser("build-map", help="cluster a VQ codebook into k clusters and save the map")
@@ -180,6 +181,11 @@ def _register_build_map(subparsers) -> None:
     p.add_argument("--k", type=int, required=True, help="number of clusters (the AR model's vocabulary)")
     p.add_argument("--method", default="masc", choices=list(CLUSTER_METHODS), help="clustering method (default: masc)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the randomised methods")
+    p.add_argument(
+        "--engine", default="auto", choices=["auto", *LINKAGE_ENGINES],
+        help="what builds the MASC tree (--method masc): numpy (CPU) or torch (GPU); auto = torch when --device names a GPU",
+    )
+    p.add_argument("--device", help="device of the torch engine, e.g. cuda, cuda:1 (default: CUDA if available)")
     p.add_argument("--out", required=True, help="output directory (save_pretrained)")
     p.add_argument("--source-tokenizer", help="recorded in the map's config and card (e.g. a Hub id)")
     p.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload the map to this Hub repo")
@@ -201,7 +207,8 @@ def _run_build_map(args) -> int:
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
     print(f"codebook: {description}")  # its shape is checked (once) by build_cluster_map
     cluster_map = build_cluster_map(
-        codebook, args.k, method=args.method, seed=args.seed, source_tokenizer=args.source_tokenizer or description, progress=True
+        codebook, args.k, method=args.method, seed=args.seed, source_tokenizer=args.source_tokenizer or description, progress=True,
+        engine=args.engine, device=args.device,
     )
     out = cluster_map.save_pretrained(args.out)
     _print_summary(cluster_map)

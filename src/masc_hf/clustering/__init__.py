@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .._lazy import attach
 
 from .codebook import as_codebook, codebook_fingerprint, l2_normalize
-from .linkage import average_linkage, pairwise_distances
+from .linkage import LINKAGE_ENGINES, average_linkage, pairwise_distances
 from .methods import CLUSTER_METHODS, HIERARCHICAL_METHODS, canonical_labels, check_num_clusters, cut_linkage, run_method
 
 _LAZY = {
@@ -30,6 +30,7 @@ _LAZY = {
 __all__ = [
     "CLUSTER_METHODS",
     "HIERARCHICAL_METHODS",
+    "LINKAGE_ENGINES",
     "as_codebook",
     "average_linkage",
     "canonical_labels",

@@ -46,6 +46,8 @@ def build_cluster_map(
     source_tokenizer: str | None = None,
     compute_quality: bool = True,
     progress: bool = False,
+    engine: str = "auto",
+    device: str | None = None,
 ) -> MASCClusterMap:
     """Cluster a VQ codebook ``[N, d]`` (numpy array or torch tensor) into ``k`` clusters.
 
@@ -60,6 +62,10 @@ def build_cluster_map(
         source_tokenizer: free text recorded in the config and card (e.g. a Hub id).
         compute_quality: record :func:`cluster_quality` figures in the map (for the model card).
         progress: show a tqdm bar over the merges.
+        engine: what builds the MASC tree (``method="masc"`` only): ``"auto"`` (torch when
+            ``device`` names a GPU, else numpy), ``"numpy"`` or ``"torch"``; every engine gives the
+            same partition on a tie-free codebook (docs/cluster-maps.md).
+        device: for the torch engine: ``"cuda"``, ``"cuda:1"``, ``"cpu"``... (default: CUDA if available).
 
     Example:
         >>> import numpy as np, masc_hf
@@ -68,7 +74,7 @@ def build_cluster_map(
         (64, 16)
     """
     array = as_codebook(codebook)  # the one validation of this path
-    partition = run_method(array, k, method, seed=seed, progress=progress)
+    partition = run_method(array, k, method, seed=seed, progress=progress, engine=engine, device=device)
     cluster_map = MASCClusterMap(
         partition.labels,
         tree=partition.tree,

@@ -1,19 +1,68 @@
 """Exact average-linkage (UPGMA) clustering with a documented tie rule: the MASC tree.
 
 Algorithm 1 of the MASC paper run to the root, so one tree serves every k, as a scipy linkage matrix
-``[N - 1, 4]``; ties are broken by one rule any engine can reproduce byte for byte.
-Design notes (the linkage-matrix conventions, the tie rule): docs/cluster-maps.md.
+``[N - 1, 4]``. The merges come from an engine (numpy or torch, registered in ``LINKAGE_ENGINES``);
+what every engine shares lives here: identical rows merged first, and the merges put in the order
+of the tie rule. Design notes (conventions, tie rule, engines): docs/cluster-maps.md.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import MASCError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["average_linkage", "pairwise_distances"]
+__all__ = ["LINKAGE_ENGINES", "LinkageEngine", "average_linkage", "pairwise_distances", "register_linkage_engine"]
+
+
+@dataclass(frozen=True)
+class LinkageEngine:
+    """An engine of the MASC tree. ``merges(points, sizes, progress, device)`` gets the distinct rows
+    ``[m, d]`` (float64, in name order) and their multiplicities ``[m]`` and returns the ``m - 1``
+    merges as float64 ``[m - 1, 5]``: (row a, row b, height, size, round), a < b, each merge after
+    the merges that formed its two clusters. ``devices`` names what ``device=`` it accepts."""
+
+    name: str
+    description: str
+    merges: Callable[[np.ndarray, np.ndarray, bool, str | None], np.ndarray]
+    devices: str = "cpu"
+
+
+LINKAGE_ENGINES: dict[str, LinkageEngine] = {}
+
+
+def register_linkage_engine(engine: LinkageEngine) -> LinkageEngine:
+    """Make ``engine`` selectable as ``average_linkage(..., engine=engine.name)``."""
+    LINKAGE_ENGINES[engine.name] = engine
+    return engine
+
+
+def _numpy_merges(points: np.ndarray, sizes: np.ndarray, progress: bool, device: str | None) -> np.ndarray:
+    from .dense import NumpyMatrix, rac_merges
+
+    return rac_merges(NumpyMatrix(points), sizes, progress=progress)
+
+
+def _torch_merges(points: np.ndarray, sizes: np.ndarray, progress: bool, device: str | None) -> np.ndarray:
+    from .dense_torch import TorchMatrix  # imports torch: only here
+    from .dense import rac_merges
+
+    return rac_merges(TorchMatrix(points, device=device), sizes, progress=progress)
+
+
+register_linkage_engine(
+    LinkageEngine("numpy", "dense reciprocal-nearest-neighbour rounds on a float64 matrix (CPU)", _numpy_merges, "cpu")
+)
+register_linkage_engine(
+    LinkageEngine("torch", "the numpy engine's rounds in torch (CUDA, or CPU for tests)", _torch_merges, "cpu, cuda[:i]")
+)
 
 
 def pairwise_distances(points: np.ndarray) -> np.ndarray:
@@ -24,93 +73,126 @@ def pairwise_distances(points: np.ndarray) -> np.ndarray:
     return cdist(points, points, "euclidean")
 
 
-def average_linkage(points: np.ndarray, progress: bool = False) -> np.ndarray:
+def average_linkage(points: np.ndarray, progress: bool = False, *, engine: str = "auto", device: str | None = None) -> np.ndarray:
     """Average-linkage tree of ``points [N, d]`` as a scipy linkage matrix ``[N - 1, 4]``.
 
-    Time O(N^2) per merge in the worst case, O(N^2) overall in practice; memory one float64
-    ``N x N`` matrix (2.1 GB for N = 16384). See docs/cluster-maps.md for the tie rule.
+    Args:
+        points: float array ``[N, d]``, ``N >= 2``.
+        progress: show a tqdm bar over the merges.
+        engine: ``"auto"`` (torch when ``device`` names a GPU, else numpy), or a name in
+            ``LINKAGE_ENGINES`` (``"numpy"``, ``"torch"``).
+        device: for the torch engine, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"`` (default: CUDA when
+            available).
+
+    Memory: one float64 ``[N, N]`` matrix (2.1 GB for N = 16384). Same input, same tree, bit for bit,
+    on every run; the tie rule is in docs/cluster-maps.md.
     """
     points = np.asarray(points, dtype=np.float64)
     n = points.shape[0]
-    if n < 2:
-        raise ValueError(f"average_linkage needs at least 2 points, got {n}")
-    dist = pairwise_distances(points)
-    return _average_linkage_from_square(dist, progress=progress)
+    if points.ndim != 2 or n < 2:
+        raise ValueError(f"average_linkage needs points of shape [N, d] with N >= 2, got shape {points.shape}")
+    chosen = resolve_engine(engine, device)
+    unique, sizes, names, duplicate_merges = _deduplicate(points)
+    if unique.shape[0] > 1:
+        merges = chosen.merges(unique, sizes, progress, device)
+        merges[:, 0] = names[merges[:, 0].astype(np.int64)]  # rows -> token ids (the names)
+        merges[:, 1] = names[merges[:, 1].astype(np.int64)]
+        merges = np.concatenate([duplicate_merges, merges])
+    else:
+        merges = duplicate_merges
+    return _linkage_matrix(merges, n)
 
 
-def _average_linkage_from_square(dist: np.ndarray, progress: bool = False) -> np.ndarray:
-    """The merge loop on a square distance matrix, which it overwrites (tie rule: docs/cluster-maps.md).
+def resolve_engine(engine: str, device: str | None) -> LinkageEngine:
+    """The engine ``engine`` names (``"auto"``: torch for a non-CPU ``device``, else numpy)."""
+    if engine == "auto":
+        engine = "torch" if device is not None and not str(device).startswith("cpu") else "numpy"
+    if engine not in LINKAGE_ENGINES:
+        raise MASCError(f"unknown linkage engine {engine!r}; choose 'auto' or one of: {', '.join(LINKAGE_ENGINES)}")
+    if engine == "numpy" and device is not None and not str(device).startswith("cpu"):
+        raise MASCError(f"the numpy engine runs on the CPU, not device={device!r}; pass engine='torch' for a GPU")
+    return LINKAGE_ENGINES[engine]
 
-    Every active cluster lives in the row of its smallest token id (its name). For each active
-    row ``i`` we keep ``nn_dist[i] = min_{j > i active} D[i, j]`` and ``nn_idx[i]`` the smallest
-    such ``j``; the global ``argmin`` of ``nn_dist`` (first occurrence) is then the
-    lexicographically smallest closest pair. After merging ``b`` into ``a`` (``a < b``) only rows
-    whose neighbour was ``a`` or ``b`` need a rescan; rows ``i < a`` may also gain ``a`` as a
-    (tied) nearest neighbour, which is checked in one vectorised step.
-    """
-    n = dist.shape[0]
-    inf = np.inf
-    np.fill_diagonal(dist, inf)
 
-    nn_dist = np.full(n, inf)
-    nn_idx = np.full(n, n, dtype=np.int64)
-    for i in range(n - 1):
-        row = dist[i, i + 1 :]
-        j = int(np.argmin(row))
-        nn_dist[i] = row[j]
-        nn_idx[i] = i + 1 + j
+def _deduplicate(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Identical rows merge first, at height 0, in name order (what the tie rule does with them).
+    Returns the distinct rows in name order ``[m, d]``, their multiplicities ``[m]``, their names
+    (smallest token id) ``[m]``, and the zero-height merges ``[N - m, 5]`` (round -1)."""
+    _, first, inverse = np.unique(points, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(first, kind="stable")  # groups by smallest token id
+    names = first[order]
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    group = rank[inverse]  # token -> its group, groups numbered in name order
+    sizes = np.bincount(group, minlength=names.size)
+    others = np.flatnonzero(np.arange(points.shape[0]) != names[group])  # tokens that are not their group's name
+    others = others[np.lexsort((others, group[others]))]
+    count = np.ones(names.size, dtype=np.int64)
+    merged_size = np.empty(others.size)
+    for position, token in enumerate(others.tolist()):  # group by group, token order: sizes 2, 3, ...
+        count[group[token]] += 1
+        merged_size[position] = count[group[token]]
+    duplicate_merges = np.stack(
+        [names[group[others]], others, np.zeros(others.size), merged_size, np.full(others.size, -1.0)], axis=1
+    ).astype(np.float64)
+    return np.ascontiguousarray(points[names]), sizes, names, duplicate_merges
 
-    size = np.ones(n, dtype=np.int64)
-    node = np.arange(n, dtype=np.int64)  # scipy cluster number of the cluster living in each row
-    merges = np.empty((n - 1, 4), dtype=np.float64)
 
-    steps = range(n - 1)
-    if progress:
-        from tqdm.auto import tqdm
+def _linkage_matrix(merges: np.ndarray, n: int) -> np.ndarray:
+    """scipy linkage matrix ``[n - 1, 4]`` from merges ``[n - 1, 5]`` (name a, name b, height, size,
+    round) listed children-first: rows in the order of the tie rule, i.e. repeatedly the merge of
+    smallest (height, a, b) among those whose two clusters exist."""
+    count = merges.shape[0]
+    a = merges[:, 0].astype(np.int64)
+    b = merges[:, 1].astype(np.int64)
+    height = merges[:, 2]
+    # The merges that formed clusters a and b: the latest earlier merge whose result (named by its
+    # smaller name, a) carries that name.
+    key = a * count + np.arange(count)
+    sorted_key = np.sort(key)
+    child_a = _latest_before(sorted_key, a, count)
+    child_b = _latest_before(sorted_key, b, count)
+    order = np.lexsort((b, a, height))
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = np.arange(count)
+    ready = np.all([(c < 0) | (rank[np.maximum(c, 0)] < rank) for c in (child_a, child_b)], axis=0)
+    if not ready.all():  # equal heights across rounds: place merges one by one
+        order = _priority_order(a, b, height, child_a, child_b)
+        rank[order] = np.arange(count)
+    node_a = np.where(child_a >= 0, n + rank[np.maximum(child_a, 0)], a)
+    node_b = np.where(child_b >= 0, n + rank[np.maximum(child_b, 0)], b)
+    tree = np.empty((count, 4), dtype=np.float64)
+    tree[rank, 0] = np.minimum(node_a, node_b)
+    tree[rank, 1] = np.maximum(node_a, node_b)
+    tree[rank, 2] = height
+    tree[rank, 3] = merges[:, 3]
+    return tree
 
-        steps = tqdm(steps, desc="average linkage", unit="merge", mininterval=1.0)
 
-    for step in steps:
-        a = int(np.argmin(nn_dist))
-        b = int(nn_idx[a])
-        height = float(nn_dist[a])
-        na, nb = size[a], size[b]
-        node_a, node_b = node[a], node[b]
-        merges[step] = (min(node_a, node_b), max(node_a, node_b), height, na + nb)
+def _latest_before(sorted_key: np.ndarray, names: np.ndarray, count: int) -> np.ndarray:
+    """For merge ``i``, the latest merge ``j < i`` whose result is named ``names[i]`` (or -1)."""
+    position = np.searchsorted(sorted_key, names * count + np.arange(count)) - 1
+    found = sorted_key[np.maximum(position, 0)]
+    return np.where((position >= 0) & (found // count == names), found % count, -1)
 
-        # Algorithm 1, line 10: weighted mean of the two rows (inactive columns stay inf).
-        new_row = (na * dist[a] + nb * dist[b]) / (na + nb)
-        new_row[a] = inf
-        new_row[b] = inf
-        dist[a] = new_row
-        dist[:, a] = new_row
-        dist[b] = inf
-        dist[:, b] = inf
-        size[a] = na + nb
-        size[b] = 0
-        node[a] = n + step
-        nn_dist[b] = inf
-        nn_idx[b] = n
 
-        # Rows whose nearest neighbour was a or b must rescan; row a always does.
-        stale = np.flatnonzero((nn_idx == a) | (nn_idx == b))
-        for i in (a, *stale.tolist()):
-            if i >= n - 1 or size[i] == 0:
-                nn_dist[i] = inf
-                nn_idx[i] = n
-                continue
-            row = dist[i, i + 1 :]
-            j = int(np.argmin(row))
-            nn_dist[i] = row[j]
-            nn_idx[i] = i + 1 + j if np.isfinite(row[j]) else n
-
-        # Rows i < a now see a at new_row[i]: adopt it where it is closer, or tied and named lower.
-        head = new_row[:a]
-        better = (head < nn_dist[:a]) | ((head == nn_dist[:a]) & (a < nn_idx[:a]))
-        better &= size[:a] > 0
-        if better.any():
-            idx = np.flatnonzero(better)
-            nn_dist[idx] = head[idx]
-            nn_idx[idx] = a
-
-    return merges
+def _priority_order(a, b, height, child_a, child_b) -> np.ndarray:
+    """Kahn's order with priority (height, a, b): the greedy algorithm's order of these merges."""
+    waiting = (child_a >= 0).astype(np.int64) + (child_b >= 0).astype(np.int64)
+    parent = np.full(a.size, -1, dtype=np.int64)
+    for children in (child_a, child_b):
+        has = children >= 0
+        parent[children[has]] = np.flatnonzero(has)
+    heap = [(height[i], a[i], b[i], i) for i in np.flatnonzero(waiting == 0).tolist()]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        *_, i = heapq.heappop(heap)
+        order.append(i)
+        p = parent[i]
+        if p >= 0:
+            waiting[p] -= 1
+            if waiting[p] == 0:
+                heapq.heappush(heap, (height[p], a[p], b[p], p))
+    return np.asarray(order, dtype=np.int64)

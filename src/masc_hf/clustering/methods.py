@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MASCError
-from .linkage import average_linkage
+from .linkage import average_linkage, resolve_engine
 
 logger = logging.getLogger(__name__)
 
@@ -172,17 +172,31 @@ def _random_partition(n: int, k: int, seed: int) -> np.ndarray:
     return rng.permutation(labels)
 
 
-def run_method(codebook: np.ndarray, k: int, method: str, seed: int = 0, progress: bool = False) -> Partition:
-    """Cluster a validated float64 codebook ``[N, d]`` into ``k`` clusters with ``method``."""
+def run_method(
+    codebook: np.ndarray,
+    k: int,
+    method: str,
+    seed: int = 0,
+    progress: bool = False,
+    *,
+    engine: str = "auto",
+    device: str | None = None,
+) -> Partition:
+    """Cluster a validated float64 codebook ``[N, d]`` into ``k`` clusters with ``method``
+    (``engine``/``device``: which engine builds the MASC tree, see :func:`average_linkage`)."""
     if method not in CLUSTER_METHODS:
         raise MASCError(f"unknown clustering method {method!r}; choose one of: {', '.join(CLUSTER_METHODS)}")
+    if method != "masc" and (engine != "auto" or device is not None):
+        raise MASCError(f"engine={engine!r} and device={device!r} choose how the MASC tree is built; method {method!r} takes neither")
+    if method == "masc":
+        resolve_engine(engine, device)  # a bad engine or device fails before any work
     if method not in HIERARCHICAL_METHODS and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32):
         raise MASCError(f"seed={seed!r} must be an integer in [0, 2**32) for method {method!r}; pass e.g. seed=0")
     n = codebook.shape[0]
     k = check_num_clusters(k, n)
     logger.info("clustering N=%d d=%d into k=%d with %s", n, codebook.shape[1], k, method)
     if method == "masc":
-        tree = average_linkage(codebook, progress=progress)
+        tree = average_linkage(codebook, progress=progress, engine=engine, device=device)
         return Partition(cut_linkage(tree, k), tree)
     if method in HIERARCHICAL_METHODS:
         tree = _scipy_linkage(codebook, method)
