@@ -89,3 +89,19 @@ def test_old_import_paths_still_work_for_one_release():
     from masc_hf.vq.codebook import read_codebook_file as new_reader
 
     assert read_codebook_file is new_reader and LLAMAGEN_CODEBOOK_KEY == CODEBOOK_KEY
+
+
+@pytest.mark.parametrize("first", ["import masc_hf.vq.dual_codebook", "import masc_hf, diffusers.loaders.peft"])
+def test_diffusers_first_still_registers_complete_models(first):
+    """diffusers imports transformers' Auto classes from inside transformers' half-imported modeling_utils;
+    our models must be built after it is complete (else the decoder layers lose gradient checkpointing)."""
+    out = run_python(
+        first + "\n"
+        "from transformers import AutoConfig\n"
+        "from transformers.modeling_layers import GradientCheckpointingLayer\n"
+        "from masc_hf.models.llamagen import LlamaGenDecoderLayer\n"
+        "from masc_hf.models.iar2 import IAR2DecoderLayer\n"
+        "print(issubclass(LlamaGenDecoderLayer, GradientCheckpointingLayer), issubclass(IAR2DecoderLayer, GradientCheckpointingLayer))\n"
+        "print(type(AutoConfig.for_model('masc_iar2')).__name__)\n"
+    )
+    assert out.split() == ["True", "True", "IAR2Config"]

@@ -42,7 +42,10 @@ __getattr__, __dir__, _names = attach(__name__, _LAZY)
 __all__ = ["__version__", *_names]
 
 
-# Importing masc_hf.models registers our Auto* classes; the hook below runs this once transformers' Auto classes are imported.
+# Importing masc_hf.models registers our Auto* classes; the hook below runs this once transformers' Auto classes
+# are imported and transformers' modeling_utils is complete (importing our models while it is half-initialised,
+# which happens when a library imports the Auto classes from inside modeling_utils, would build our layers on a
+# half-imported transformers).
 def _register_auto_classes() -> None:
     try:
         importlib.import_module("masc_hf.models")
@@ -51,14 +54,29 @@ def _register_auto_classes() -> None:
 
 
 _AUTO_MODULE = "transformers.models.auto"
+_MODELING_MODULE = "transformers.modeling_utils"
+
+
+def _ready() -> bool:
+    """The Auto classes are imported, and modeling_utils is either complete or not imported at all."""
+    auto, modeling = sys.modules.get(_AUTO_MODULE), sys.modules.get(_MODELING_MODULE)
+    return auto is not None and hasattr(auto, "AutoModel") and (modeling is None or hasattr(modeling, "PreTrainedModel"))
 
 
 class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
+    """Wraps the loading of the two modules above; registers when the last of them has finished."""
+
+    def __init__(self) -> None:
+        self.searching = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != _AUTO_MODULE:
+        if fullname not in (_AUTO_MODULE, _MODELING_MODULE) or self.searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self.searching = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.searching = False
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
@@ -67,14 +85,16 @@ class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
         def exec_then_register(module):
             exec_module(module)
             loader.exec_module = exec_module
-            _register_auto_classes()
+            if _ready() and self in sys.meta_path:
+                sys.meta_path.remove(self)
+                _register_auto_classes()
 
         loader.exec_module = exec_then_register
         return spec
 
 
 # A hook, not an import: AutoModel.from_pretrained after a bare ``import masc_hf`` needs our model registered, yet importing torch here would make cluster-map users pay for it.
-if _AUTO_MODULE in sys.modules:
+if _ready():
     _register_auto_classes()
 elif not any(isinstance(f, _RegisterAfterTransformersImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterTransformersImport())

@@ -36,8 +36,8 @@ def model_for_codes(
     """A LlamaGen model for ``train_dataset`` (a :class:`~masc_hf.data.CodeShardDataset`), or an IAR2
     model for dual-codebook codes.
 
-    ``kind``: ``"llamagen"`` or ``"iar2"``; ``None`` picks IAR2 for dual-codebook codes (IAR2's
-    tokenizer), LlamaGen otherwise. An IAR2 ``preset`` is ``"IAR2-B"`` ... ``"IAR2-XXL"`` (the
+    ``kind``: ``"llamagen"`` or ``"iar2"``; ``None`` follows the preset's family (``GPT-...`` or
+    ``IAR2-...``), else picks IAR2 for dual-codebook codes (IAR2's tokenizer) and LlamaGen otherwise. An IAR2 ``preset`` is ``"IAR2-B"`` ... ``"IAR2-XXL"`` (the
     backbone sizes; sequence length, vocabularies and classes follow the data), a ``model_config``
     holds ``IAR2Config`` fields.
 
@@ -53,9 +53,14 @@ def model_for_codes(
     """
     from ..models import LlamaGenConfig, LlamaGenForImageGeneration
 
-    dual = bool(getattr(train_dataset, "is_dual_codebook", False))
-    if kind is None:
-        kind = "iar2" if dual else "llamagen"
+    if kind is None:  # a preset names its family; otherwise the codes decide (pairs: IAR2)
+        named = str(preset or "").strip().upper()
+        if named.startswith("IAR2"):
+            kind = "iar2"
+        elif named.startswith("GPT"):
+            kind = "llamagen"
+        else:
+            kind = "iar2" if getattr(train_dataset, "is_dual_codebook", False) else "llamagen"
     if kind not in MODEL_KINDS:
         raise TrainingError(f"model kind {kind!r} does not exist; use one of {', '.join(MODEL_KINDS)}")
     manifest, class_names = train_dataset.manifest, train_dataset.class_names

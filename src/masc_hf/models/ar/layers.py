@@ -11,10 +11,7 @@ from torch import nn
 from .cache import StaticKVCache
 from .rope import apply_rope_2d
 
-try:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:  # pragma: no cover - older transformers
-    GradientCheckpointingLayer = nn.Module
+from transformers.modeling_layers import GradientCheckpointingLayer  # no fallback: a layer that silently cannot checkpoint is a bug
 
 
 class RMSNorm(nn.Module):
