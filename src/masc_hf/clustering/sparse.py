@@ -56,7 +56,11 @@ class _Pairs:
         self.max_memory = max_memory
 
     def count(self, tau: float) -> int:
-        return int((self.kd.count_neighbors(self.kd, tau * (1 + 1e-9)) - self.points.shape[0]) // 2)
+        """About how many pairs lie within ``tau``: neighbour counts of a sample of points, scaled."""
+        m = self.points.shape[0]
+        sample = self.points[np.linspace(0, m - 1, min(m, 2048)).astype(np.int64)]
+        found = self.kd.query_ball_point(sample, tau, return_length=True, workers=-1)
+        return int((found.mean() - 1) * m / 2)
 
     def within(self, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pairs = self.kd.query_pairs(tau * (1 + 1e-9), output_type="ndarray")  # a little wide: kd rounds otherwise
@@ -70,7 +74,7 @@ def _start_tau(points: np.ndarray, kd) -> float:
     m = points.shape[0]
     sample = points[np.linspace(0, m - 1, min(m, 4096)).astype(np.int64)]
     neighbours = min(START_NEIGHBOURS, m - 1)
-    dist, _ = kd.query(sample, k=neighbours + 1)
+    dist, _ = kd.query(sample, k=neighbours + 1, workers=-1)
     return float(np.median(dist[:, -1]))
 
 
