@@ -124,7 +124,7 @@ def sparse_merges(
 
         estimate = source.count(tau_new) * BYTES_PER_PAIR
         if max_memory is not None and estimate > max_memory:
-            raise _budget_error(estimate, max_memory, m0, clusters, done_prefix())
+            raise _budget_error(estimate, max_memory, m0, int(sizes.sum()), clusters, reached())
         i, j, d = source.within(tau_new)
         w = weight[i] * weight[j]
         x, y = label[i], label[j]
@@ -149,8 +149,18 @@ def sparse_merges(
         logger.info("sparse linkage: tau=%.6g, %d known point pairs, %d clusters", tau_new, i.size, m)
         return new
 
-    def done_prefix() -> int:
-        return int(done)
+    def reached() -> int:
+        """Clusters (over all N tokens) after the merges certified so far: every merge below the
+        lowest bound left is made, so the first of them in the tie rule's order are known."""
+        below = int(np.searchsorted(heights, lowest_left, side="left"))
+        return int(sizes.sum()) - (int(sizes.sum()) - m0) - below
+
+    lowest_left = 0.0
+    if max_memory is not None:  # start no wider than the budget allows
+        for _ in range(4 * points.shape[1]):
+            if source.count(tau) * BYTES_PER_PAIR <= max_memory:
+                break
+            tau /= 2.0 ** (1.0 / max(points.shape[1], 1))
 
     cap = np.inf
     while True:
@@ -178,6 +188,7 @@ def sparse_merges(
             blocker_all = np.minimum.reduceat(np.where(bound_pair == partial_best[np.cumsum(nonempty)[rows] - 1], cols, m), starts)
             blocker[nonempty] = np.where(partial_best <= tau, blocker_all, m)
         lowest = min(best.min(), bound.min())
+        lowest_left = lowest * (1 - SLACK)
         if done >= needed:
             h = heights[needed - 1]
             cap = h * (1 + SLACK)
@@ -292,12 +303,17 @@ def _fill(matrix, points, weight, label, size, rows_blocked, blocker, bound):
     return new
 
 
-def _budget_error(estimate: int, max_memory: int, m: int, clusters: int, done: int) -> SparseMemoryError:
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _budget_error(estimate: int, max_memory: int, m: int, n: int, clusters: int, reached: int) -> SparseMemoryError:
     dense = 8 * m * m
+    clusters_n = clusters + (n - m)
     return SparseMemoryError(
-        f"k={clusters} needs the certified search to know about {estimate / 2**30:.1f} GiB of point pairs, more "
-        f"than max_memory={max_memory / 2**30:.1f} GiB (the dense engine needs {dense / 2**30:.1f} GiB for this "
-        f"codebook): so small a k is far up the tree, where nearly every distance counts. Ask for a larger k "
-        f"(about {m - done} or more clusters fit, counted over distinct rows), raise max_memory, or use "
-        f"engine='numpy' with tree='full' if {dense / 2**30:.1f} GiB fits"
+        f"k={clusters_n} is too small for the sparse engine within max_memory={_size(max_memory)}: its "
+        f"certified search would next need {_size(estimate)} of known point pairs, and more as it goes "
+        f"(a k this small is far up the tree, where nearly every distance counts; the dense engine needs "
+        f"{_size(dense)}). Within this budget the search certified the map down to k={reached}: ask for "
+        f"k >= {reached}, raise max_memory, or use engine='numpy' with tree='full' if {_size(dense)} fits"
     )
