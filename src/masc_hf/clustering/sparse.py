@@ -24,7 +24,7 @@ __all__ = ["SparseMemoryError", "sparse_merges"]
 SLACK = 1e-12  # relative: a bound closer than this to a candidate's average is made exact, not trusted
 BYTES_PER_PAIR = 120  # peak bytes per known point pair (both directions, complex sums, temporaries)
 FILL_PER_ROUND = 1 << 22  # point pairs whose distances are computed per round at most
-START_NEIGHBOURS = 12  # tau starts at the median distance to the 12th nearest neighbour
+START_NEIGHBOURS = 8  # tau starts at the median distance to the 8th nearest neighbour (enough for k = N / 2 at d = 8)
 
 
 class SparseMemoryError(MASCError):
@@ -52,13 +52,13 @@ class _Pairs:
         from scipy.spatial import cKDTree
 
         self.points = points
-        self.kd = cKDTree(points)
+        self.kd = cKDTree(points, leafsize=32, balanced_tree=False)
         self.max_memory = max_memory
 
     def count(self, tau: float) -> int:
         """About how many pairs lie within ``tau``: neighbour counts of a sample of points, scaled."""
         m = self.points.shape[0]
-        sample = self.points[np.linspace(0, m - 1, min(m, 2048)).astype(np.int64)]
+        sample = self.points[np.linspace(0, m - 1, min(m, 512)).astype(np.int64)]
         found = self.kd.query_ball_point(sample, tau, return_length=True, workers=-1)
         return int((found.mean() - 1) * m / 2)
 
@@ -72,7 +72,7 @@ class _Pairs:
 
 def _start_tau(points: np.ndarray, kd) -> float:
     m = points.shape[0]
-    sample = points[np.linspace(0, m - 1, min(m, 4096)).astype(np.int64)]
+    sample = points[np.linspace(0, m - 1, min(m, 1024)).astype(np.int64)]
     neighbours = min(START_NEIGHBOURS, m - 1)
     dist, _ = kd.query(sample, k=neighbours + 1, workers=-1)
     return float(np.median(dist[:, -1]))
