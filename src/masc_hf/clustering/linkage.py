@@ -1,7 +1,8 @@
 """Exact average-linkage (UPGMA) clustering with a documented tie rule: the MASC tree.
 
 Algorithm 1 of the MASC paper run to the root, so one tree serves every k, as a scipy linkage matrix
-``[N - 1, 4]``. The merges come from an engine (numpy or torch, registered in ``LINKAGE_ENGINES``);
+``[N - 1, 4]``; or, with the sparse engine, its first ``N - k`` merges (a partial tree ``[N - k, 4]``).
+The merges come from an engine (numpy, torch or sparse, registered in ``LINKAGE_ENGINES``);
 what every engine shares lives here: identical rows merged first, and the merges put in the order
 of the tie rule. Design notes (conventions, tie rule, engines): docs/cluster-maps.md.
 """

@@ -270,9 +270,8 @@ def _fill(matrix, points, weight, label, size, rows_blocked, blocker, bound):
 
     x, y = rows_blocked, blocker[rows_blocked]
     lo, hi = np.minimum(x, y), np.maximum(x, y)
-    key, first = np.unique(lo * size.size + hi, return_index=True)
+    _, first = np.unique(lo * size.size + hi, return_index=True)
     lo, hi = lo[first], hi[first]
-    work = size_count = None
     order = np.argsort(label, kind="stable")
     count = np.bincount(label, minlength=size.size)
     offset = np.concatenate([[0], np.cumsum(count)])
@@ -288,7 +287,6 @@ def _fill(matrix, points, weight, label, size, rows_blocked, blocker, bound):
     d = _distances(points, i, j) * (weight[i] * weight[j])
     sums = np.zeros(lo.size)
     np.add.at(sums, pair, d)
-    del size_count
     # replace the two entries of each filled pair
     m = size.size
     coo = matrix.tocoo()
