@@ -113,3 +113,12 @@ def test_cli_engines(tmp_path, capsys):
     assert "engine: sparse (the dense engine needs" in capsys.readouterr().out
     assert main(["build-map", "--codebook", str(tmp_path / "cb.npy"), "--k", "300", "--engine", "dense", "--out", str(tmp_path / "c")]) == 0
     assert MASCClusterMap.from_pretrained(tmp_path / "c").tree_kind == "full"
+
+
+@pytest.mark.slow
+def test_dense_engine_partition_n8192():
+    points = blobs(8192, 8, 64, 0.6, 5).astype(np.float32).astype(np.float64)
+    dense = average_linkage(points, engine="numpy")
+    for k in (4096, 1024):
+        partial = average_linkage(points, engine="sparse", k=k)
+        np.testing.assert_array_equal(partial[:, [0, 1, 3]], dense[: 8192 - k, [0, 1, 3]])
