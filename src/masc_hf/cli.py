@@ -239,6 +239,8 @@ def _run_build_map(args) -> int:
     )
     out = cluster_map.save_pretrained(args.out)
     _print_summary(cluster_map)
+    if cluster_map.smallest_margin is not None:
+        print(f"{'tree':>30}: the first {cluster_map.tree.shape[0]} merges, smallest certified margin {cluster_map.smallest_margin:.3g}")
     print(f"saved to {out}")
     if args.push_to_hub:
         commit = cluster_map.push_to_hub(args.push_to_hub)

@@ -74,6 +74,7 @@ def test_partial_map_save_load_cut(tmp_path):
     assert json.loads((tmp_path / "map" / "cluster_map_config.json").read_text())["tree"] == "partial"
     loaded = MASCClusterMap.from_pretrained(tmp_path / "map")
     assert loaded == cmap and loaded.tree_kind == "partial"
+    assert loaded.smallest_margin == cmap.smallest_margin >= 0 and full.smallest_margin is None
     with pytest.raises(MASCError, match="partial tree"):
         MASCClusterMap(cmap.mapping, tree=cmap.tree[:-1])  # one merge short of k
 
@@ -107,7 +108,8 @@ def test_cli_engines(tmp_path, capsys):
 
     np.save(tmp_path / "cb.npy", codebooks()["random"][:600])
     assert main(["build-map", "--codebook", str(tmp_path / "cb.npy"), "--k", "300", "--engine", "sparse", "--out", str(tmp_path / "a")]) == 0
-    assert "engine: sparse (forced by --engine" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "engine: sparse (forced by --engine" in printed and "smallest certified margin" in printed
     assert MASCClusterMap.from_pretrained(tmp_path / "a").tree_kind == "partial"
     assert main(["build-map", "--codebook", str(tmp_path / "cb.npy"), "--k", "300", "--max-memory", "1MB", "--out", str(tmp_path / "b")]) == 0
     assert "engine: sparse (the dense engine needs" in capsys.readouterr().out

@@ -92,6 +92,7 @@ def build_cluster_map(
         codebook_dim=array.shape[1],
         codebook_fingerprint=fingerprint_of_valid(array),
         source_tokenizer=source_tokenizer,
+        smallest_margin=partition.smallest_margin,
         _verified=True,  # labels cut from this tree by run_method: no second cut
     )
     if compute_quality:
@@ -155,6 +156,8 @@ class MASCClusterMap(FeatureExtractionMixin):
         mapping: int64 ``[N]``, cluster id of every token (``0..k-1``, numbered by smallest member).
         tree: float64 ``[N-1, 4]`` scipy linkage matrix, a partial tree ``[M, 4]`` (its first
             ``M >= N - k`` merges; ``tree_kind == "partial"``), or ``None`` for flat methods.
+        smallest_margin: for a sparse-engine tree, the smallest margin by which a merge beat every
+            other candidate's bound (its certificate, ``>= 0``); ``None`` otherwise.
         num_tokens, num_clusters, cluster_sizes, method, codebook_fingerprint, codebook_dim.
     """
 
@@ -171,6 +174,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         codebook_fingerprint: str | None = None,
         source_tokenizer: str | None = None,
         quality: dict | None = None,
+        smallest_margin: float | None = None,
         _verified: bool = False,
     ):
         super().__init__()
@@ -211,6 +215,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         self.codebook_fingerprint = codebook_fingerprint
         self.source_tokenizer = source_tokenizer
         self.quality = quality
+        self.smallest_margin = smallest_margin  # the sparse engine's certificate (docs/cluster-maps.md)
         self.cluster_sizes = sizes
         order = np.argsort(mapping, kind="stable")
         self._members_flat = order  # token ids grouped by cluster, ascending inside each cluster
@@ -394,6 +399,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             codebook_fingerprint=self.codebook_fingerprint,
             source_tokenizer=self.source_tokenizer,
             quality=None,
+            smallest_margin=self.smallest_margin,
             _verified=True,
         )
 
@@ -418,6 +424,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             "cluster_id_rule": CLUSTER_ID_RULE,
             "tie_rule": TIE_RULE if self.method == "masc" else None,
             "quality": self.quality,
+            "smallest_margin": self.smallest_margin,
         }
 
     def to_json_string(self) -> str:
@@ -551,6 +558,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             codebook_fingerprint=config.get("codebook_fingerprint"),
             source_tokenizer=config.get("source_tokenizer"),
             quality=config.get("quality"),
+            smallest_margin=config.get("smallest_margin") if isinstance(config.get("smallest_margin"), (int, float)) else None,
         )
         if config["fingerprint"] != cluster_map.fingerprint:
             raise ClusterMapError(

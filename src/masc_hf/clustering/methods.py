@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MASCError
-from .linkage import average_linkage, resolve_engine
+from .linkage import average_linkage_certified, resolve_engine
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ HIERARCHICAL_METHODS = ("masc", "centroid", "single", "complete", "ward")
 @dataclass
 class Partition:
     labels: np.ndarray  # int64 [N], canonical cluster ids 0..k-1
-    tree: np.ndarray | None  # float64 [N-1, 4] linkage matrix, hierarchical methods only
+    tree: np.ndarray | None  # float64 [N-1, 4] linkage matrix (or its first N - k rows), hierarchical methods only
+    smallest_margin: float | None = None  # the sparse engine's certificate
 
 
 def check_num_clusters(k, num_tokens: int) -> int:
@@ -229,8 +230,10 @@ def run_method(
     k = check_num_clusters(k, n)
     logger.info("clustering N=%d d=%d into k=%d with %s", n, codebook.shape[1], k, method)
     if method == "masc":
-        merges = average_linkage(codebook, progress=progress, engine=engine, device=device, k=k, max_memory=max_memory)
-        return Partition(cut_linkage(merges, k, n), merges)
+        merges, margin = average_linkage_certified(
+            codebook, progress=progress, engine=engine, device=device, k=k, max_memory=max_memory
+        )
+        return Partition(cut_linkage(merges, k, n), merges, margin)
     if method in HIERARCHICAL_METHODS:
         merges = _scipy_linkage(codebook, method)
         return Partition(cut_linkage(merges, k), merges)
