@@ -10,7 +10,8 @@ and fastcluster (when installed), on the same random codebook, in the same run.
 
 Each engine runs in its own subprocess, so its peak RSS is its own. masc is
 ``build_cluster_map(codebook, k, compute_quality=False)`` with its defaults: the dense engine's full
-tree for N <= 8192, the sparse engine's first N - k merges above (``--engine`` forces one); scipy is
+tree for N <= 8192 or k < N / 4, the sparse engine's first N - k merges otherwise (``--engine``
+forces one); scipy is
 ``linkage(pdist(codebook), "average")`` then ``fcluster(..., k, "maxclust")``; fastcluster is
 ``fastcluster.linkage(codebook, "average")`` then the same cut. An engine whose distance matrix
 would not fit in the available memory is skipped, and the output says so. Before timing, one
@@ -34,15 +35,15 @@ import numpy as np
 ENGINES = ("masc", "scipy", "fastcluster")
 
 
-def masc_engine_for(n: int, masc_engine: str, device: str | None) -> str:
+def masc_engine_for(n: int, k: int, masc_engine: str, device: str | None) -> str:
     from masc_hf.clustering.methods import choose_masc_engine
 
-    return choose_masc_engine(n, masc_engine, device)
+    return choose_masc_engine(n, masc_engine, device, k=k)
 
 
-def bytes_needed(engine: str, n: int, masc_engine: str = "auto", device: str | None = None) -> int:
+def bytes_needed(engine: str, n: int, k: int, masc_engine: str = "auto", device: str | None = None) -> int:
     """Peak memory of ``engine`` at ``N = n``, roughly: its distance matrices."""
-    if engine == "masc" and masc_engine_for(n, masc_engine, device) == "sparse":
+    if engine == "masc" and masc_engine_for(n, k, masc_engine, device) == "sparse":
         return 4096 * n  # known pairs near each point (measured: 1 GB at N = 262144, d = 8)
     if engine == "masc":
         return 8 * n * n  # one float64 [N, N] matrix
@@ -81,7 +82,7 @@ def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str,
     if engine == "masc":
         # imports (scipy.spatial, torch...) and a CUDA context before the clock starts, like scipy's below
         masc_hf.build_cluster_map(codebook_for(8, d, seed), 2, compute_quality=False, engine=masc_engine, device=device)
-        if masc_engine_for(n, masc_engine, device) == "sparse":
+        if masc_engine_for(n, k, masc_engine, device) == "sparse":
             masc_hf.build_cluster_map(codebook_for(256, d, seed), 128, compute_quality=False, engine="sparse")
         build = lambda: masc_hf.build_cluster_map(  # noqa: E731
             codebook, k, compute_quality=False, engine=masc_engine, device=device
@@ -103,7 +104,7 @@ def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str,
     start = time.perf_counter()
     labels = build()
     seconds = time.perf_counter() - start
-    name = f"masc ({masc_engine_for(n, masc_engine, device)})" if engine == "masc" else engine
+    name = f"masc ({masc_engine_for(n, k, masc_engine, device)})" if engine == "masc" else engine
     result = {"engine": name, "seconds": seconds, "peak_rss_mb": rss_mb(), "extra_rss_mb": rss_mb() - base, "labels": labels.tolist()}
     if engine == "masc" and masc_engine == "torch" and device and device.startswith("cuda"):
         import torch
@@ -129,14 +130,14 @@ def compare(n: int, d: int, k: int, seed: int, engines: list[str], masc_engine: 
             except ImportError:
                 print(f"  fastcluster: not installed (pip install 'masc-hf[bench]'); skipped")
                 continue
-        needed = bytes_needed(engine, n, masc_engine, device)
+        needed = bytes_needed(engine, n, k, masc_engine, device)
         on_gpu = engine == "masc" and masc_engine == "torch" and device is not None and device.startswith("cuda")
         if not on_gpu and needed > 0.9 * free:
             print(f"  {engine}: skipped, it needs about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available")
             continue
         runnable.append(engine)
     if warmup and runnable:
-        touch_memory(max(bytes_needed(e, n, masc_engine, device) for e in runnable))
+        touch_memory(max(bytes_needed(e, n, k, masc_engine, device) for e in runnable))
     results = {}
     for engine in runnable:
         cmd = [sys.executable, __file__, "--engine-run", engine, "--n", str(n), "--d", str(d), "--k", str(k), "--seed", str(seed),

@@ -232,7 +232,7 @@ def _run_build_map(args) -> int:
     print(f"codebook: {description}")  # its shape is checked (once) by build_cluster_map
     engine, tree = args.engine, args.tree
     if args.method == "masc":
-        engine, tree = _pick_masc_engine(len(codebook), engine, args.device, tree, args.max_memory)
+        engine, tree = _pick_masc_engine(len(codebook), args.k, engine, args.device, tree, args.max_memory)
     cluster_map = build_cluster_map(
         codebook, args.k, method=args.method, seed=args.seed, source_tokenizer=args.source_tokenizer or description, progress=True,
         engine=engine, device=args.device, tree=tree, max_memory=args.max_memory,
@@ -248,12 +248,12 @@ def _run_build_map(args) -> int:
     return 0
 
 
-def _pick_masc_engine(num_tokens: int, engine: str, device, tree: str, max_memory) -> tuple[str, str]:
+def _pick_masc_engine(num_tokens: int, k: int, engine: str, device, tree: str, max_memory) -> tuple[str, str]:
     """The library's choice, except that a dense matrix that would not fit turns auto into sparse; says which."""
     from .clustering.linkage import available_memory
     from .clustering.methods import choose_masc_engine
 
-    chosen = choose_masc_engine(num_tokens, engine, device, tree)
+    chosen = choose_masc_engine(num_tokens, engine, device, tree, k)
     dense_bytes = 8 * num_tokens * num_tokens
     budget = max_memory if max_memory is not None else int(0.8 * available_memory())
     if chosen != "sparse" and engine == "auto" and tree == "auto" and device is None and dense_bytes > budget:
@@ -262,7 +262,7 @@ def _pick_masc_engine(num_tokens: int, engine: str, device, tree: str, max_memor
             f"{budget / 2**30:.1f} GiB allowed; the map stores the first N - k merges; --engine dense forces the dense one)"
         )
         return "sparse", "auto"
-    reason = "forced by --engine" if engine != "auto" else ("N > 8192" if chosen == "sparse" else "N <= 8192 or --device")
+    reason = "forced by --engine" if engine != "auto" else ("N > 8192" if chosen == "sparse" else "N <= 8192, k < N / 4 or --device")
     print(f"engine: {chosen} ({reason}; {'the first N - k merges' if chosen == 'sparse' else 'the full tree'})")
     return chosen, tree
 

@@ -82,6 +82,9 @@ def test_partial_map_save_load_cut(tmp_path):
 def test_auto_rule_and_engine_choice():
     assert choose_masc_engine(FULL_TREE_MAX_TOKENS) == "numpy"
     assert choose_masc_engine(FULL_TREE_MAX_TOKENS + 1) == "sparse"
+    assert choose_masc_engine(10000, k=5000) == "sparse"
+    assert choose_masc_engine(10000, k=1000) == "numpy"  # small k: the dense engine is faster (0.8 GB fits)
+    assert choose_masc_engine(10**7, k=1000) == "sparse"  # the dense matrix would not fit
     assert choose_masc_engine(100, tree="partial") == "sparse"
     assert choose_masc_engine(10**6, tree="full") == "numpy"
     assert choose_masc_engine(10**6, engine="dense") == "numpy"

@@ -70,7 +70,8 @@ def build_cluster_map(
         device: for the torch engine: ``"cuda"``, ``"cuda:1"``, ``"cpu"``... (default: CUDA if available).
         tree: ``"full"`` (every merge: ``cut(k')`` for any k'), ``"partial"`` (the first N - k
             merges, the sparse engine: ``cut(k')`` for k' >= k, far faster at large N) or ``"auto"``:
-            full for N <= 8192, partial above (``method="masc"`` only; docs/cluster-maps.md).
+            full for N <= 8192, partial above when k >= N / 4 or the dense matrix would not fit in
+            memory (``method="masc"`` only; docs/cluster-maps.md).
             ``engine="sparse"`` means partial, ``"numpy"``/``"torch"`` full.
         max_memory: bytes the sparse engine may use for known pairs (default: 80% of what is free).
 
