@@ -99,9 +99,9 @@ def test_auto_rule_and_engine_choice():
 
 def test_small_k_memory_message():
     points = blobs(3000, 8, 20, 1.0, 4)
-    with pytest.raises(SparseMemoryError, match=r"k=2 is too small .* max_memory=8\.0 MiB.* next need .* MiB.*k >= (\d+), raise") as caught:
+    with pytest.raises(SparseMemoryError, match=r"k=2 is too small .* max_memory=8\.0 MiB.* need .* of known point pairs.*down to k >= (\d+)") as caught:
         average_linkage(points, engine="sparse", k=2, max_memory=8 << 20)
-    reachable = int(caught.value.args[0].split("k >= ")[1].split(",")[0])
+    reachable = int(caught.value.args[0].split("down to k >= ")[1].split(":")[0].split(";")[0])
     assert 2 < reachable < 3000
     assert average_linkage(points, engine="sparse", k=reachable, max_memory=8 << 20).shape == (3000 - reachable, 4)
 

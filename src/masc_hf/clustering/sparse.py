@@ -125,6 +125,17 @@ def sparse_merges(
         estimate = source.count(tau_new) * BYTES_PER_PAIR
         if max_memory is not None and estimate > max_memory:
             raise _budget_error(estimate, max_memory, m0, int(sizes.sum()), clusters, reached())
+        m = slot_name.size
+        if max_memory is not None and raised_at:  # extrapolate: each raise doubles the pairs, shrinks m by a factor
+            shrink = m / raised_at[-1]
+            if shrink < 1:
+                raises_left = np.log(m / clusters) / np.log(1 / shrink)
+                predicted = min(estimate * 2.0 ** max(raises_left - 1, 0), BYTES_PER_PAIR * m0 * (m0 - 1) / 2)
+                if predicted > max_memory:
+                    affordable = np.log2(max_memory / estimate) + 1
+                    guess = int(m * shrink**affordable) + int(sizes.sum()) - m0
+                    raise _budget_error(predicted, max_memory, m0, int(sizes.sum()), clusters, reached(), guess)
+        raised_at.append(m)
         i, j, d = source.within(tau_new)
         w = weight[i] * weight[j]
         x, y = label[i], label[j]
@@ -133,7 +144,6 @@ def sparse_merges(
         rows = np.concatenate([x, y])
         cols = np.concatenate([y, x])
         data = np.concatenate([w * d + 1j * w] * 2)
-        m = slot_name.size
         if old is not None:  # keep the exact pairs as they are (their sums were made in another order)
             o = old.tocoo()
             exact = o.data.imag == size[o.row] * size[o.col]
@@ -156,6 +166,7 @@ def sparse_merges(
         return int(sizes.sum()) - (int(sizes.sum()) - m0) - below
 
     lowest_left = 0.0
+    raised_at: list[int] = []  # clusters left at each radius
     if max_memory is not None:  # start no wider than the budget allows
         for _ in range(4 * points.shape[1]):
             if source.count(tau) * BYTES_PER_PAIR <= max_memory:
@@ -305,13 +316,17 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def _budget_error(estimate: int, max_memory: int, m: int, n: int, clusters: int, reached: int) -> SparseMemoryError:
+def _budget_error(
+    estimate: float, max_memory: int, m: int, n: int, clusters: int, reached: int, guess: int | None = None
+) -> SparseMemoryError:
     dense = 8 * m * m
     clusters_n = clusters + (n - m)
+    need = f"would next need {_size(estimate)}" if guess is None else f"would need about {_size(estimate)} (extrapolated)"
+    fits = "" if guess is None or guess <= reached else f"; about k >= {guess} should fit (extrapolated)"
     return SparseMemoryError(
         f"k={clusters_n} is too small for the sparse engine within max_memory={_size(max_memory)}: its "
-        f"certified search would next need {_size(estimate)} of known point pairs, and more as it goes "
-        f"(a k this small is far up the tree, where nearly every distance counts; the dense engine needs "
-        f"{_size(dense)}). Within this budget the search certified the map down to k={reached}: ask for "
-        f"k >= {reached}, raise max_memory, or use engine='numpy' with tree='full' if {_size(dense)} fits"
+        f"certified search {need} of known point pairs (a k this small is far up the tree, where nearly every "
+        f"distance counts; the dense engine needs {_size(dense)}). Within this budget the search certified the "
+        f"map down to k >= {reached}{fits}: ask for such a k, raise max_memory, or use engine='numpy' with "
+        f"tree='full' if {_size(dense)} fits"
     )
