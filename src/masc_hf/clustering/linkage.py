@@ -28,7 +28,10 @@ class LinkageEngine:
     """An engine of the MASC tree. ``merges(points, sizes, progress, device)`` gets the distinct rows
     ``[m, d]`` (float64, in name order) and their multiplicities ``[m]`` and returns the ``m - 1``
     merges as float64 ``[m - 1, 5]``: (row a, row b, height, size, round), a < b, each merge after
-    the merges that formed its two clusters. ``devices`` names what ``device=`` it accepts."""
+    the merges that formed its two clusters. ``devices`` names what ``device=`` it accepts. A
+    ``partial`` engine (sparse) also gets ``clusters=k`` and ``max_memory=`` and returns at least the
+    merges that come first in the tie rule's order down to k clusters, with a sixth column: the
+    merge's certified margin."""
 
     name: str
     description: str
