@@ -127,3 +127,13 @@ def test_dense_engine_partition_n8192():
     for k in (4096, 1024):
         partial = average_linkage(points, engine="sparse", k=k)
         np.testing.assert_array_equal(partial[:, [0, 1, 3]], dense[: 8192 - k, [0, 1, 3]])
+
+
+def test_radius_raises_keep_the_result(monkeypatch):
+    import masc_hf.clustering.sparse as sparse
+
+    points = blobs(2000, 8, 30, 0.5, 6)
+    dense = average_linkage(points, engine="numpy")
+    monkeypatch.setattr(sparse, "START_NEIGHBOURS", 1)  # a radius far too small: many raises
+    partial = average_linkage(points, engine="sparse", k=600)
+    np.testing.assert_array_equal(partial[:, [0, 1, 3]], dense[:1400, [0, 1, 3]])
