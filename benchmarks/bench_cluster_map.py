@@ -4,10 +4,14 @@ and fastcluster (when installed), on the same random codebook, in the same run.
     python benchmarks/bench_cluster_map.py --n 16384 --d 8 --k 8192   # the paper's sizes (default)
     python benchmarks/bench_cluster_map.py --n 4096 --d 32
     python benchmarks/bench_cluster_map.py --scaling                  # N = 4096 ... 65536, k = N / 2
+    python benchmarks/bench_cluster_map.py --scaling-sparse --engines masc   # N = 2^14 ... 2^18
+    python benchmarks/bench_cluster_map.py --n 262144 --d 8 --k 131072
     python benchmarks/bench_cluster_map.py --engine torch --device cuda
 
 Each engine runs in its own subprocess, so its peak RSS is its own. masc is
-``build_cluster_map(codebook, k, compute_quality=False)`` (tree to the root, then the cut); scipy is
+``build_cluster_map(codebook, k, compute_quality=False)`` with its defaults: the dense engine's full
+tree for N <= 8192 or k < N / 4, the sparse engine's first N - k merges otherwise (``--engine``
+forces one); scipy is
 ``linkage(pdist(codebook), "average")`` then ``fcluster(..., k, "maxclust")``; fastcluster is
 ``fastcluster.linkage(codebook, "average")`` then the same cut. An engine whose distance matrix
 would not fit in the available memory is skipped, and the output says so. Before timing, one
@@ -31,8 +35,16 @@ import numpy as np
 ENGINES = ("masc", "scipy", "fastcluster")
 
 
-def bytes_needed(engine: str, n: int) -> int:
+def masc_engine_for(n: int, k: int, masc_engine: str, device: str | None) -> str:
+    from masc_hf.clustering.methods import choose_masc_engine
+
+    return choose_masc_engine(n, masc_engine, device, k=k)
+
+
+def bytes_needed(engine: str, n: int, k: int, masc_engine: str = "auto", device: str | None = None) -> int:
     """Peak memory of ``engine`` at ``N = n``, roughly: its distance matrices."""
+    if engine == "masc" and masc_engine_for(n, k, masc_engine, device) == "sparse":
+        return 4096 * n  # known pairs near each point (measured: 1 GB at N = 262144, d = 8)
     if engine == "masc":
         return 8 * n * n  # one float64 [N, N] matrix
     if engine == "scipy":
@@ -70,6 +82,8 @@ def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str,
     if engine == "masc":
         # imports (scipy.spatial, torch...) and a CUDA context before the clock starts, like scipy's below
         masc_hf.build_cluster_map(codebook_for(8, d, seed), 2, compute_quality=False, engine=masc_engine, device=device)
+        if masc_engine_for(n, k, masc_engine, device) == "sparse":
+            masc_hf.build_cluster_map(codebook_for(256, d, seed), 128, compute_quality=False, engine="sparse")
         build = lambda: masc_hf.build_cluster_map(  # noqa: E731
             codebook, k, compute_quality=False, engine=masc_engine, device=device
         ).mapping
@@ -90,7 +104,8 @@ def run_engine(engine: str, n: int, d: int, k: int, seed: int, masc_engine: str,
     start = time.perf_counter()
     labels = build()
     seconds = time.perf_counter() - start
-    result = {"engine": engine, "seconds": seconds, "peak_rss_mb": rss_mb(), "extra_rss_mb": rss_mb() - base, "labels": labels.tolist()}
+    name = f"masc ({masc_engine_for(n, k, masc_engine, device)})" if engine == "masc" else engine
+    result = {"engine": name, "seconds": seconds, "peak_rss_mb": rss_mb(), "extra_rss_mb": rss_mb() - base, "labels": labels.tolist()}
     if engine == "masc" and masc_engine == "torch" and device and device.startswith("cuda"):
         import torch
 
@@ -115,14 +130,14 @@ def compare(n: int, d: int, k: int, seed: int, engines: list[str], masc_engine: 
             except ImportError:
                 print(f"  fastcluster: not installed (pip install 'masc-hf[bench]'); skipped")
                 continue
-        needed = bytes_needed(engine, n)
+        needed = bytes_needed(engine, n, k, masc_engine, device)
         on_gpu = engine == "masc" and masc_engine == "torch" and device is not None and device.startswith("cuda")
         if not on_gpu and needed > 0.9 * free:
             print(f"  {engine}: skipped, it needs about {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available")
             continue
         runnable.append(engine)
     if warmup and runnable:
-        touch_memory(max(bytes_needed(e, n) for e in runnable))
+        touch_memory(max(bytes_needed(e, n, k, masc_engine, device) for e in runnable))
     results = {}
     for engine in runnable:
         cmd = [sys.executable, __file__, "--engine-run", engine, "--n", str(n), "--d", str(d), "--k", str(k), "--seed", str(seed),
@@ -135,7 +150,7 @@ def compare(n: int, d: int, k: int, seed: int, engines: list[str], masc_engine: 
         ratio = "-" if reference is None else f"{reference['seconds'] / r['seconds']:.2f}x"
         gpu = f", CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""
         print(
-            f"  {engine:<12} {r['seconds']:>9.2f} s  {ratio:>8} scipy's speed  peak RSS {r['peak_rss_mb']:>7.0f} MB "
+            f"  {r['engine']:<15} {r['seconds']:>9.2f} s  {ratio:>8} scipy's speed  peak RSS {r['peak_rss_mb']:>7.0f} MB "
             f"(+{r['extra_rss_mb']:.0f}){gpu}  same partition as scipy: {same}"
         )
     return results
@@ -148,9 +163,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=None, help="clusters (default: N / 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", default=",".join(ENGINES), help="which of masc, scipy, fastcluster to run")
-    parser.add_argument("--engine", default="auto", help="the masc engine: auto, numpy or torch")
+    parser.add_argument("--engine", default="auto", help="the masc engine: auto, numpy (= dense), torch or sparse")
     parser.add_argument("--device", default=None, help="device of the torch engine, e.g. cuda")
     parser.add_argument("--scaling", action="store_true", help="N = 4096, 8192, ..., 65536 (k = N / 2) instead of one N")
+    parser.add_argument("--scaling-sparse", action="store_true", help="N = 2^14, ..., 2^18 (k = N / 2), engines that fit")
     parser.add_argument("--no-warmup", action="store_true", help="do not pre-touch memory before timing")
     parser.add_argument("--engine-run", help=argparse.SUPPRESS)  # internal: run one engine, print JSON
     args = parser.parse_args()
@@ -161,12 +177,14 @@ def main() -> None:
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     sizes = [4096, 8192, 16384, 32768, 65536] if args.scaling else [args.n]
+    if args.scaling_sparse:
+        sizes = [1 << p for p in range(14, 19)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"average linkage, d={args.d}, random float32 codebook (seed {args.seed}), masc engine {args.engine}"
           f"{' on ' + args.device if args.device else ''}; {os.cpu_count()} CPUs, load average {load:.2f} at start")
     last = None
     for n in sizes:
-        k = args.k if (args.k is not None and not args.scaling) else n // 2
+        k = args.k if (args.k is not None and not (args.scaling or args.scaling_sparse)) else n // 2
         print(f"N={n} k={k}:")
         results = compare(n, args.d, k, args.seed, engines, args.engine, args.device, warmup=not args.no_warmup)
         if "masc" in results and "scipy" in results:

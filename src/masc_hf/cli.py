@@ -37,6 +37,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _memory(text: str) -> int:
+    """``--max-memory``: bytes, or a number with a unit (16GB, 1.5GiB, 512M)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = cleaned[-1:] if cleaned[-1:] in units else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(unit)]) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of memory; write e.g. 16GB, 1.5GiB or 512M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be positive, got {text!r}")
+    return int(value)
+
+
 def _seed(text: str) -> int:
     """argparse type: a seed in [0, 2**32) (what numpy, scikit-learn and torch all accept)."""
     try:
@@ -182,8 +196,18 @@ def _register_build_map(subparsers) -> None:
     p.add_argument("--method", default="masc", choices=list(CLUSTER_METHODS), help="clustering method (default: masc)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the randomised methods")
     p.add_argument(
-        "--engine", default="auto", choices=["auto", *LINKAGE_ENGINES],
-        help="what builds the MASC tree (--method masc): numpy (CPU) or torch (GPU); auto = torch when --device names a GPU",
+        "--engine", default="auto", choices=["auto", "dense", *LINKAGE_ENGINES],
+        help="what builds the MASC tree (--method masc): numpy (= dense, CPU), torch (GPU) or sparse (the first N - k "
+        "merges, certified, no dense matrix); auto = torch when --device names a GPU, else dense for N <= 8192 and "
+        "sparse above or when the dense matrix would not fit in --max-memory",
+    )
+    p.add_argument(
+        "--tree", default="auto", choices=["auto", "full", "partial"],
+        help="store every merge (full: cut at any k later) or the first N - k (partial, the sparse engine); auto follows --engine",
+    )
+    p.add_argument(
+        "--max-memory", type=_memory, default=None,
+        help="memory the map may use, e.g. 16GB (default: 80%% of what is free now)",
     )
     p.add_argument("--device", help="device of the torch engine, e.g. cuda, cuda:1 (default: CUDA if available)")
     p.add_argument("--out", required=True, help="output directory (save_pretrained)")
@@ -206,17 +230,41 @@ def _run_build_map(args) -> int:
         check_hub_repo_id(args.push_to_hub)
     codebook, description = load_codebook(args.codebook, tensor=args.tensor)
     print(f"codebook: {description}")  # its shape is checked (once) by build_cluster_map
+    engine, tree = args.engine, args.tree
+    if args.method == "masc":
+        engine, tree = _pick_masc_engine(len(codebook), args.k, engine, args.device, tree, args.max_memory)
     cluster_map = build_cluster_map(
         codebook, args.k, method=args.method, seed=args.seed, source_tokenizer=args.source_tokenizer or description, progress=True,
-        engine=args.engine, device=args.device,
+        engine=engine, device=args.device, tree=tree, max_memory=args.max_memory,
     )
     out = cluster_map.save_pretrained(args.out)
     _print_summary(cluster_map)
+    if cluster_map.smallest_margin is not None:
+        print(f"{'tree':>30}: the first {cluster_map.tree.shape[0]} merges, smallest certified margin {cluster_map.smallest_margin:.3g}")
     print(f"saved to {out}")
     if args.push_to_hub:
         commit = cluster_map.push_to_hub(args.push_to_hub)
         print(f"pushed to {args.push_to_hub}: {getattr(commit, 'commit_url', commit)}")
     return 0
+
+
+def _pick_masc_engine(num_tokens: int, k: int, engine: str, device, tree: str, max_memory) -> tuple[str, str]:
+    """The library's choice, except that a dense matrix that would not fit turns auto into sparse; says which."""
+    from .clustering.linkage import available_memory
+    from .clustering.methods import choose_masc_engine
+
+    chosen = choose_masc_engine(num_tokens, engine, device, tree, k)
+    dense_bytes = 8 * num_tokens * num_tokens
+    budget = max_memory if max_memory is not None else int(0.8 * available_memory())
+    if chosen != "sparse" and engine == "auto" and tree == "auto" and device is None and dense_bytes > budget:
+        print(
+            f"engine: sparse (the dense engine needs {dense_bytes / 2**30:.1f} GiB for N={num_tokens}, more than the "
+            f"{budget / 2**30:.1f} GiB allowed; the map stores the first N - k merges; --engine dense forces the dense one)"
+        )
+        return "sparse", "auto"
+    reason = "forced by --engine" if engine != "auto" else ("N > 8192" if chosen == "sparse" else "N <= 8192, k < N / 4 or --device")
+    print(f"engine: {chosen} ({reason}; {'the first N - k merges' if chosen == 'sparse' else 'the full tree'})")
+    return chosen, tree
 
 
 def _print_summary(cluster_map) -> None:

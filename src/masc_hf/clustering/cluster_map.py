@@ -48,6 +48,8 @@ def build_cluster_map(
     progress: bool = False,
     engine: str = "auto",
     device: str | None = None,
+    tree: str = "auto",
+    max_memory: int | None = None,
 ) -> MASCClusterMap:
     """Cluster a VQ codebook ``[N, d]`` (numpy array or torch tensor) into ``k`` clusters.
 
@@ -66,6 +68,12 @@ def build_cluster_map(
             ``device`` names a GPU, else numpy), ``"numpy"`` or ``"torch"``; every engine gives the
             same partition on a tie-free codebook (docs/cluster-maps.md).
         device: for the torch engine: ``"cuda"``, ``"cuda:1"``, ``"cpu"``... (default: CUDA if available).
+        tree: ``"full"`` (every merge: ``cut(k')`` for any k'), ``"partial"`` (the first N - k
+            merges, the sparse engine: ``cut(k')`` for k' >= k, far faster at large N) or ``"auto"``:
+            full for N <= 8192, partial above when k >= N / 4 or the dense matrix would not fit in
+            memory (``method="masc"`` only; docs/cluster-maps.md).
+            ``engine="sparse"`` means partial, ``"numpy"``/``"torch"`` full.
+        max_memory: bytes the sparse engine may use for known pairs (default: 80% of what is free).
 
     Example:
         >>> import numpy as np, masc_hf
@@ -74,7 +82,9 @@ def build_cluster_map(
         (64, 16)
     """
     array = as_codebook(codebook)  # the one validation of this path
-    partition = run_method(array, k, method, seed=seed, progress=progress, engine=engine, device=device)
+    partition = run_method(
+        array, k, method, seed=seed, progress=progress, engine=engine, device=device, tree=tree, max_memory=max_memory
+    )
     cluster_map = MASCClusterMap(
         partition.labels,
         tree=partition.tree,
@@ -83,6 +93,7 @@ def build_cluster_map(
         codebook_dim=array.shape[1],
         codebook_fingerprint=fingerprint_of_valid(array),
         source_tokenizer=source_tokenizer,
+        smallest_margin=partition.smallest_margin,
         _verified=True,  # labels cut from this tree by run_method: no second cut
     )
     if compute_quality:
@@ -144,7 +155,10 @@ class MASCClusterMap(FeatureExtractionMixin):
 
     Attributes:
         mapping: int64 ``[N]``, cluster id of every token (``0..k-1``, numbered by smallest member).
-        tree: float64 ``[N-1, 4]`` scipy linkage matrix, or ``None`` for flat methods.
+        tree: float64 ``[N-1, 4]`` scipy linkage matrix, a partial tree ``[M, 4]`` (its first
+            ``M >= N - k`` merges; ``tree_kind == "partial"``), or ``None`` for flat methods.
+        smallest_margin: for a sparse-engine tree, the smallest margin by which a merge beat every
+            other candidate's bound (its certificate, ``>= 0``); ``None`` otherwise.
         num_tokens, num_clusters, cluster_sizes, method, codebook_fingerprint, codebook_dim.
     """
 
@@ -161,6 +175,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         codebook_fingerprint: str | None = None,
         source_tokenizer: str | None = None,
         quality: dict | None = None,
+        smallest_margin: float | None = None,
         _verified: bool = False,
     ):
         super().__init__()
@@ -183,9 +198,13 @@ class MASCClusterMap(FeatureExtractionMixin):
             )
         if tree is not None:
             tree = np.asarray(tree, dtype=np.float64)
-            if tree.shape != (mapping.size - 1, 4):
-                raise ClusterMapError(f"tree must be a linkage matrix of shape [N-1, 4] = [{mapping.size - 1}, 4], got {tree.shape}")
-            if not _verified and not np.array_equal(cut_linkage(tree, sizes.size), mapping):
+            lowest = mapping.size - sizes.size  # merges needed to reach this k
+            if tree.ndim != 2 or tree.shape[1] != 4 or not lowest <= tree.shape[0] <= mapping.size - 1:
+                raise ClusterMapError(
+                    f"tree must be a linkage matrix [N-1, 4] = [{mapping.size - 1}, 4] or a partial tree [M, 4] with "
+                    f"N - k = {lowest} <= M <= N - 1, got shape {tree.shape}"
+                )
+            if not _verified and not np.array_equal(cut_linkage(tree, sizes.size, mapping.size), mapping):
                 raise ClusterMapError("tree and mapping disagree: cutting the tree at k does not give the mapping")
         if method not in CLUSTER_METHODS:
             logger.warning("cluster map method %r is not one of masc-hf's methods", method)
@@ -197,6 +216,7 @@ class MASCClusterMap(FeatureExtractionMixin):
         self.codebook_fingerprint = codebook_fingerprint
         self.source_tokenizer = source_tokenizer
         self.quality = quality
+        self.smallest_margin = smallest_margin  # the sparse engine's certificate (docs/cluster-maps.md)
         self.cluster_sizes = sizes
         order = np.argsort(mapping, kind="stable")
         self._members_flat = order  # token ids grouped by cluster, ascending inside each cluster
@@ -204,6 +224,13 @@ class MASCClusterMap(FeatureExtractionMixin):
         self._device_cache: dict = {}
 
     # ------------------------------------------------------------------ inspection
+    @property
+    def tree_kind(self) -> str | None:
+        """``"full"`` (N - 1 merges), ``"partial"`` (the first merges only) or ``None`` (no tree)."""
+        if self.tree is None:
+            return None
+        return "full" if self.tree.shape[0] == self.num_tokens - 1 else "partial"
+
     @property
     def num_tokens(self) -> int:
         return int(self.mapping.size)
@@ -365,7 +392,7 @@ class MASCClusterMap(FeatureExtractionMixin):
                 f"a {self.method!r} map has no merge tree to cut; rebuild it with build_cluster_map(codebook, k={k}, method={self.method!r})"
             )
         return MASCClusterMap(
-            cut_linkage(self.tree, k),  # canonical labels of this tree by construction
+            cut_linkage(self.tree, k, self.num_tokens),  # canonical labels of this tree by construction
             tree=self.tree,
             method=self.method,
             seed=self.seed,
@@ -373,6 +400,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             codebook_fingerprint=self.codebook_fingerprint,
             source_tokenizer=self.source_tokenizer,
             quality=None,
+            smallest_margin=self.smallest_margin,
             _verified=True,
         )
 
@@ -392,9 +420,12 @@ class MASCClusterMap(FeatureExtractionMixin):
             "source_tokenizer": self.source_tokenizer,
             "seed": self.seed,
             "has_tree": self.tree is not None,
+            "tree": self.tree_kind,
+            "tree_merges": None if self.tree is None else int(self.tree.shape[0]),
             "cluster_id_rule": CLUSTER_ID_RULE,
             "tie_rule": TIE_RULE if self.method == "masc" else None,
             "quality": self.quality,
+            "smallest_margin": self.smallest_margin,
         }
 
     def to_json_string(self) -> str:
@@ -528,6 +559,7 @@ class MASCClusterMap(FeatureExtractionMixin):
             codebook_fingerprint=config.get("codebook_fingerprint"),
             source_tokenizer=config.get("source_tokenizer"),
             quality=config.get("quality"),
+            smallest_margin=config.get("smallest_margin") if isinstance(config.get("smallest_margin"), (int, float)) else None,
         )
         if config["fingerprint"] != cluster_map.fingerprint:
             raise ClusterMapError(

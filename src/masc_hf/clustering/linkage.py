@@ -1,7 +1,8 @@
 """Exact average-linkage (UPGMA) clustering with a documented tie rule: the MASC tree.
 
 Algorithm 1 of the MASC paper run to the root, so one tree serves every k, as a scipy linkage matrix
-``[N - 1, 4]``. The merges come from an engine (numpy or torch, registered in ``LINKAGE_ENGINES``);
+``[N - 1, 4]``; or, with the sparse engine, its first ``N - k`` merges (a partial tree ``[N - k, 4]``).
+The merges come from an engine (numpy, torch or sparse, registered in ``LINKAGE_ENGINES``);
 what every engine shares lives here: identical rows merged first, and the merges put in the order
 of the tie rule. Design notes (conventions, tie rule, engines): docs/cluster-maps.md.
 """
@@ -19,7 +20,7 @@ from ..errors import MASCError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LINKAGE_ENGINES", "LinkageEngine", "average_linkage", "pairwise_distances", "register_linkage_engine"]
+__all__ = ["LINKAGE_ENGINES", "LinkageEngine", "available_memory", "average_linkage", "average_linkage_certified", "pairwise_distances", "register_linkage_engine"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,16 @@ class LinkageEngine:
     """An engine of the MASC tree. ``merges(points, sizes, progress, device)`` gets the distinct rows
     ``[m, d]`` (float64, in name order) and their multiplicities ``[m]`` and returns the ``m - 1``
     merges as float64 ``[m - 1, 5]``: (row a, row b, height, size, round), a < b, each merge after
-    the merges that formed its two clusters. ``devices`` names what ``device=`` it accepts."""
+    the merges that formed its two clusters. ``devices`` names what ``device=`` it accepts. A
+    ``partial`` engine (sparse) also gets ``clusters=k`` and ``max_memory=`` and returns at least the
+    merges that come first in the tie rule's order down to k clusters, with a sixth column: the
+    merge's certified margin."""
 
     name: str
     description: str
-    merges: Callable[[np.ndarray, np.ndarray, bool, str | None], np.ndarray]
+    merges: Callable[..., np.ndarray]
     devices: str = "cpu"
+    partial: bool = False  # makes only the first merges: also gets clusters= and max_memory=, returns [M, 6]
 
 
 LINKAGE_ENGINES: dict[str, LinkageEngine] = {}
@@ -57,12 +62,24 @@ def _torch_merges(points: np.ndarray, sizes: np.ndarray, progress: bool, device:
     return rac_merges(TorchMatrix(points, device=device), sizes, progress=progress)
 
 
+def _sparse_merges(points, sizes, progress, device, *, clusters, max_memory):
+    from .sparse import sparse_merges
+
+    return sparse_merges(points, sizes, progress, device, clusters=clusters, max_memory=max_memory)
+
+
 register_linkage_engine(
     LinkageEngine("numpy", "dense reciprocal-nearest-neighbour rounds on a float64 matrix (CPU)", _numpy_merges, "cpu")
 )
 register_linkage_engine(
     LinkageEngine("torch", "the numpy engine's rounds in torch (CUDA, or CPU for tests)", _torch_merges, "cpu, cuda[:i]")
 )
+register_linkage_engine(
+    LinkageEngine(
+        "sparse", "certified sparse UPGMA: the first N - k merges without the dense matrix (CPU)", _sparse_merges, "cpu", True
+    )
+)
+ENGINE_ALIASES = {"dense": "numpy"}
 
 
 def pairwise_distances(points: np.ndarray) -> np.ndarray:
@@ -73,44 +90,95 @@ def pairwise_distances(points: np.ndarray) -> np.ndarray:
     return cdist(points, points, "euclidean")
 
 
-def average_linkage(points: np.ndarray, progress: bool = False, *, engine: str = "auto", device: str | None = None) -> np.ndarray:
-    """Average-linkage tree of ``points [N, d]`` as a scipy linkage matrix ``[N - 1, 4]``.
+def average_linkage(
+    points: np.ndarray,
+    progress: bool = False,
+    *,
+    engine: str = "auto",
+    device: str | None = None,
+    k: int | None = None,
+    max_memory: int | None = None,
+) -> np.ndarray:
+    """Average-linkage tree of ``points [N, d]`` as a scipy linkage matrix ``[N - 1, 4]``, or with
+    the sparse engine its first ``N - k`` merges ``[N - k, 4]`` (a partial tree).
 
     Args:
         points: float array ``[N, d]``, ``N >= 2``.
         progress: show a tqdm bar over the merges.
         engine: ``"auto"`` (torch when ``device`` names a GPU, else numpy), or a name in
-            ``LINKAGE_ENGINES`` (``"numpy"``, ``"torch"``).
+            ``LINKAGE_ENGINES`` (``"numpy"``, ``"torch"``, ``"sparse"``); ``"dense"`` is ``"numpy"``.
         device: for the torch engine, e.g. ``"cuda"``, ``"cuda:1"`` or ``"cpu"`` (default: CUDA when
             available).
+        k: the sparse engine stops once the first ``N - k`` merges are certified (required there).
+        max_memory: bytes the sparse engine may spend on known pairs (default: 80% of the memory
+            available now); over it, :class:`~masc_hf.clustering.sparse.SparseMemoryError`.
 
-    Memory: one float64 ``[N, N]`` matrix (2.1 GB for N = 16384). Same input, same tree, bit for bit,
+    Memory (dense engines): one float64 ``[N, N]`` matrix (2.1 GB for N = 16384). Same input, same tree, bit for bit,
     on every run; the tie rule is in docs/cluster-maps.md.
     """
+    return average_linkage_certified(points, progress, engine=engine, device=device, k=k, max_memory=max_memory)[0]
+
+
+def average_linkage_certified(
+    points: np.ndarray,
+    progress: bool = False,
+    *,
+    engine: str = "auto",
+    device: str | None = None,
+    k: int | None = None,
+    max_memory: int | None = None,
+) -> tuple[np.ndarray, float | None]:
+    """:func:`average_linkage` and, for the sparse engine, the smallest certified margin of its
+    merges (how far below every other candidate's bound each merge was made; ``None`` otherwise)."""
     points = np.asarray(points, dtype=np.float64)
     n = points.shape[0]
     if points.ndim != 2 or n < 2:
         raise ValueError(f"average_linkage needs points of shape [N, d] with N >= 2, got shape {points.shape}")
     chosen = resolve_engine(engine, device)
+    if chosen.partial and k is None:
+        raise MASCError(f"the {chosen.name} engine makes only the first N - k merges: pass k (1 <= k <= {n})")
     unique, sizes, names, duplicate_merges = _deduplicate(points)
-    if unique.shape[0] > 1:
-        merges = chosen.merges(unique, sizes, progress, device)
-        merges[:, 0] = names[merges[:, 0].astype(np.int64)]  # rows -> token ids (the names)
-        merges[:, 1] = names[merges[:, 1].astype(np.int64)]
-        merges = np.concatenate([duplicate_merges, merges])
-    else:
-        merges = duplicate_merges
-    return _linkage_matrix(merges, n)
+    m = unique.shape[0]
+    merges = duplicate_merges
+    margin = None
+    if m > 1 and not (chosen.partial and k >= m):
+        if chosen.partial:
+            budget = max_memory if max_memory is not None else int(0.8 * available_memory())
+            found = chosen.merges(unique, sizes, progress, device, clusters=k, max_memory=budget)
+            if found.size:
+                margin = float(found[:, 5].min())
+                logger.info("sparse linkage: smallest certified margin %.6g over %d merges", margin, found.shape[0])
+            found = found[:, :5]
+        else:
+            found = chosen.merges(unique, sizes, progress, device)
+        found[:, 0] = names[found[:, 0].astype(np.int64)]  # rows -> token ids (the names)
+        found[:, 1] = names[found[:, 1].astype(np.int64)]
+        merges = np.concatenate([duplicate_merges, found])
+    tree = _linkage_matrix(merges, n)
+    return (tree[: n - k] if chosen.partial else tree), margin
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux ``MemAvailable``; else 4 GiB)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
 
 
 def resolve_engine(engine: str, device: str | None) -> LinkageEngine:
     """The engine ``engine`` names (``"auto"``: torch for a non-CPU ``device``, else numpy)."""
+    engine = ENGINE_ALIASES.get(engine, engine)
     if engine == "auto":
         engine = "torch" if device is not None and not str(device).startswith("cpu") else "numpy"
     if engine not in LINKAGE_ENGINES:
         raise MASCError(f"unknown linkage engine {engine!r}; choose 'auto' or one of: {', '.join(LINKAGE_ENGINES)}")
-    if engine == "numpy" and device is not None and not str(device).startswith("cpu"):
-        raise MASCError(f"the numpy engine runs on the CPU, not device={device!r}; pass engine='torch' for a GPU")
+    if engine in ("numpy", "sparse") and device is not None and not str(device).startswith("cpu"):
+        raise MASCError(f"the {engine} engine runs on the CPU, not device={device!r}; pass engine='torch' for a GPU")
     return LINKAGE_ENGINES[engine]
 
 

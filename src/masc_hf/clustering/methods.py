@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MASCError
-from .linkage import average_linkage, resolve_engine
+from .linkage import average_linkage_certified, resolve_engine
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ __all__ = [
     "Partition",
     "canonical_labels",
     "check_num_clusters",
+    "choose_masc_engine",
     "cut_linkage",
     "run_method",
 ]
@@ -44,7 +45,8 @@ HIERARCHICAL_METHODS = ("masc", "centroid", "single", "complete", "ward")
 @dataclass
 class Partition:
     labels: np.ndarray  # int64 [N], canonical cluster ids 0..k-1
-    tree: np.ndarray | None  # float64 [N-1, 4] linkage matrix, hierarchical methods only
+    tree: np.ndarray | None  # float64 [N-1, 4] linkage matrix (or its first N - k rows), hierarchical methods only
+    smallest_margin: float | None = None  # the sparse engine's certificate
 
 
 def check_num_clusters(k, num_tokens: int) -> int:
@@ -70,17 +72,23 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
-def cut_linkage(tree: np.ndarray, k: int) -> np.ndarray:
-    """Canonical labels ``[N]`` after the first ``N - k`` merges of a linkage matrix ``[N-1, 4]``."""
+def cut_linkage(tree: np.ndarray, k: int, num_tokens: int | None = None) -> np.ndarray:
+    """Canonical labels ``[N]`` after the first ``N - k`` merges of a linkage matrix ``[N-1, 4]``,
+    or of a partial tree ``[M, 4]`` (its first ``M`` merges; pass ``num_tokens=N``, ``k >= N - M``)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     tree = np.asarray(tree)
-    n = tree.shape[0] + 1
+    n = tree.shape[0] + 1 if num_tokens is None else int(num_tokens)
     k = check_num_clusters(k, n)
+    if n - k > tree.shape[0]:
+        raise MASCError(
+            f"this map stores only the first {tree.shape[0]} = N - {n - tree.shape[0]} merges, so it cuts into "
+            f"k >= {n - tree.shape[0]} clusters, not k={k}; rebuild with tree='full' or a smaller k"
+        )
     children = tree[: n - k, :2].astype(np.int64)
     # Every cluster is represented by its smallest token id (lowest leaf under it).
-    rep = np.empty(2 * n - 1, dtype=np.int64)
+    rep = np.empty(n + tree.shape[0], dtype=np.int64)
     rep[:n] = np.arange(n)
     all_children = tree[:, :2].astype(np.int64)
     for i, (left, right) in enumerate(all_children.tolist()):
@@ -91,6 +99,38 @@ def cut_linkage(tree: np.ndarray, k: int) -> np.ndarray:
     if count != k:  # only possible for a malformed tree
         raise MASCError(f"the tree does not cut into k={k} clusters (got {count}); it is not a valid linkage matrix")
     return canonical_labels(labels)
+
+
+FULL_TREE_MAX_TOKENS = 8192  # auto: the dense engine's full tree up to here (<= 0.5 GB, ~3 s), the sparse one above
+SPARSE_MIN_FRACTION = 4  # auto: the sparse engine for k >= N / 4 (measured 5.6 s at N = 16384, k = N / 4; 21 s at N / 8)
+
+
+def choose_masc_engine(
+    num_tokens: int, engine: str = "auto", device: str | None = None, tree: str = "auto", k: int | None = None
+) -> str:
+    """The MASC engine for ``tree``: ``"full"`` (every merge) a dense engine, ``"partial"`` (the
+    first N - k merges) the sparse engine, ``"auto"`` partial when N > 8192 and either k >= N / 4
+    (or k unknown) or the dense matrix would not fit in 80% of the free memory, else full.
+    ``engine`` (or a GPU ``device``) forces an engine; sparse means partial."""
+    if tree not in ("auto", "full", "partial"):
+        raise MASCError(f"tree={tree!r}: choose 'auto', 'full' (every merge) or 'partial' (the first N - k merges)")
+    chosen = resolve_engine(engine, device).name if engine != "auto" or device is not None else "auto"
+    if chosen == "auto":
+        if tree == "auto":
+            from .linkage import available_memory
+
+            large = num_tokens > FULL_TREE_MAX_TOKENS
+            dense_fits = 8 * num_tokens**2 <= 0.8 * available_memory()
+            partial = large and (k is None or k * SPARSE_MIN_FRACTION >= num_tokens or not dense_fits)
+        else:
+            partial = tree == "partial"
+        return "sparse" if partial else resolve_engine("auto", None).name
+    is_partial = resolve_engine(chosen, device).partial
+    if tree == "full" and is_partial:
+        raise MASCError(f"engine={engine!r} makes only the first N - k merges; pass tree='full' with engine='numpy' or 'torch'")
+    if tree == "partial" and not is_partial:
+        raise MASCError(f"engine={engine!r} builds the full tree; pass tree='partial' with engine='sparse' (or engine='auto')")
+    return chosen
 
 
 def _scipy_linkage(codebook: np.ndarray, method: str) -> np.ndarray:
@@ -181,26 +221,33 @@ def run_method(
     *,
     engine: str = "auto",
     device: str | None = None,
+    tree: str = "auto",
+    max_memory: int | None = None,
 ) -> Partition:
     """Cluster a validated float64 codebook ``[N, d]`` into ``k`` clusters with ``method``
-    (``engine``/``device``: which engine builds the MASC tree, see :func:`average_linkage`)."""
+    (``engine``/``device``: which engine builds the MASC tree, see :func:`average_linkage`;
+    ``tree``: ``"full"``, ``"partial"`` or ``"auto"``, see :func:`choose_masc_engine`)."""
     if method not in CLUSTER_METHODS:
         raise MASCError(f"unknown clustering method {method!r}; choose one of: {', '.join(CLUSTER_METHODS)}")
-    if method != "masc" and (engine != "auto" or device is not None):
-        raise MASCError(f"engine={engine!r} and device={device!r} choose how the MASC tree is built; method {method!r} takes neither")
+    if method != "masc" and (engine != "auto" or device is not None or tree != "auto"):
+        raise MASCError(
+            f"engine={engine!r}, device={device!r} and tree={tree!r} choose how the MASC tree is built; method {method!r} takes neither of them"
+        )
     if method == "masc":
-        resolve_engine(engine, device)  # a bad engine or device fails before any work
+        engine = choose_masc_engine(codebook.shape[0], engine, device, tree, k)  # a bad choice fails before any work
     if method not in HIERARCHICAL_METHODS and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32):
         raise MASCError(f"seed={seed!r} must be an integer in [0, 2**32) for method {method!r}; pass e.g. seed=0")
     n = codebook.shape[0]
     k = check_num_clusters(k, n)
     logger.info("clustering N=%d d=%d into k=%d with %s", n, codebook.shape[1], k, method)
     if method == "masc":
-        tree = average_linkage(codebook, progress=progress, engine=engine, device=device)
-        return Partition(cut_linkage(tree, k), tree)
+        merges, margin = average_linkage_certified(
+            codebook, progress=progress, engine=engine, device=device, k=k, max_memory=max_memory
+        )
+        return Partition(cut_linkage(merges, k, n), merges, margin)
     if method in HIERARCHICAL_METHODS:
-        tree = _scipy_linkage(codebook, method)
-        return Partition(cut_linkage(tree, k), tree)
+        merges = _scipy_linkage(codebook, method)
+        return Partition(cut_linkage(merges, k), merges)
     if method in ("kmeans", "kmeans++"):
         labels = _kmeans(codebook, k, seed, init="random" if method == "kmeans" else "k-means++", progress=progress)
     elif method == "balanced-kmeans":
