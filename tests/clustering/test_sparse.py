@@ -129,6 +129,18 @@ def test_dense_engine_partition_n8192():
         np.testing.assert_array_equal(partial[:, [0, 1, 3]], dense[: 8192 - k, [0, 1, 3]])
 
 
+@pytest.mark.slow  # the dense engine at N = 32,768: about a minute and 9 GB on 2 cores
+def test_dense_engine_partition_n32768():
+    """Issue 16's largest size in tests: the paper's d = 8, random and with duplicate rows, k = N / 2."""
+    rng = np.random.default_rng(16)
+    points = rng.standard_normal((32768, 8)).astype(np.float32).astype(np.float64)
+    points[-512:] = points[rng.integers(0, 32768 - 512, 512)]  # duplicate rows: merged first, at height 0
+    dense = average_linkage(points, engine="numpy")
+    partial = average_linkage(points, engine="sparse", k=16384)
+    assert np.array_equal(cut_linkage(partial, 16384, 32768), cut_linkage(dense, 16384))
+    np.testing.assert_allclose(partial[:, 2], dense[:16384, 2], rtol=1e-12, atol=0)
+
+
 def test_radius_raises_keep_the_result(monkeypatch):
     import masc_hf.clustering.sparse as sparse
 
