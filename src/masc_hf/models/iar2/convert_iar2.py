@@ -15,11 +15,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ..._io import check_output_dir, staged_dir
+from ..._io import check_output_dir
 from ...errors import CheckpointError
-from ..llamagen.convert_llamagen import MODEL_FILES, hf_key as llamagen_key, load_original_state_dict
+from ..llamagen.convert_llamagen import MODEL_FILES, hf_key as llamagen_key, load_original_state_dict, rename_and_check, write_model_dir
 from .configuration_iar2 import IAR2Config
 from .modeling_iar2 import IAR2ForImageGeneration, default_generation_config
 
@@ -78,32 +77,12 @@ def convert_iar2_state_dict(original: dict[str, torch.Tensor], config: IAR2Confi
     if not any(key.startswith("factorized_blocks.") or key.startswith("tok_embeddings1.") for key in original):
         if "tok_embeddings.weight" in original:
             raise CheckpointError(f"{source} is a LlamaGen GPT checkpoint (tok_embeddings.weight), not IAR2; convert it with `masc-hf convert-llamagen`")
-    expected = expected_shapes(config)
-    converted: dict[str, torch.Tensor] = {}
-    for original_key, tensor in original.items():
-        key = iar2_key(original_key)
-        if key is None:
-            continue
-        if key not in expected:
-            raise CheckpointError(
-                f"{source} has {original_key!r} but the config has no such weight (num_hidden_layers={config.num_hidden_layers}, "
-                f"head_layers={config.head_layers}); pick the preset or --config that matches the checkpoint"
-            )
-        if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(
-                f"shape mismatch for {original_key!r} (ours {key!r}): {source} has {list(tensor.shape)}, the config expects "
-                f"{list(expected[key])} (hidden_size={config.hidden_size}, semantic x detail vocabulary "
-                f"{config.semantic_vocab_size} x {config.detail_vocab_size}, num_classes={config.num_classes}); "
-                "pick the preset or --config that matches the checkpoint"
-            )
-        converted[key] = tensor
-    missing = sorted(set(expected) - set(converted))
-    if missing:
-        raise CheckpointError(
-            f"{source} lacks {len(missing)} weight(s) the config needs, e.g. {missing[:3]}; "
-            "is it truncated, or does the preset have more layers than the checkpoint?"
-        )
-    return converted
+    return rename_and_check(
+        original, expected_shapes(config), iar2_key, source,
+        f"num_hidden_layers={config.num_hidden_layers}, head_layers={config.head_layers}",
+        lambda key: f" (hidden_size={config.hidden_size}, semantic x detail vocabulary {config.semantic_vocab_size} x "
+        f"{config.detail_vocab_size}, num_classes={config.num_classes})",
+    )
 
 
 def load_config_file(path: str | os.PathLike) -> IAR2Config:
@@ -150,11 +129,6 @@ def convert_iar2_checkpoint(
     if dtype is not None:
         weights = {key: value.to(dtype) if value.is_floating_point() else value for key, value in weights.items()}
         out_config.dtype = dtype
-    with staged_dir(out_dir) as staging:
-        out_config.architectures = [IAR2ForImageGeneration.__name__]
-        out_config.save_pretrained(staging)
-        default_generation_config().save_pretrained(staging)
-        save_file({key: value.contiguous() for key, value in weights.items()}, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        check_output_dir(out_dir, MODEL_FILES, overwrite=overwrite, error=CheckpointError)
+    write_model_dir(out_dir, out_config, weights, IAR2ForImageGeneration.__name__, default_generation_config(), overwrite)
     logger.info("wrote %s (%d tensors)", out_dir, len(weights))
     return out_dir

@@ -390,7 +390,10 @@ class IAR2ForImageGeneration(ClassConditioning, IAR2PreTrainedModel):
                     feed = self.embed_tokens(*(torch.cat([ids, ids]) if guided else ids for ids in pair))[:, None]
                 position = torch.tensor([step], device=device)
                 cache.visible = step + 1  # attend to the written positions only
-                hidden, first_key = run_layers(self.layers, feed, self.rotary_emb, position, cache, last_layer_first_key_attention=True)
+                # a_n is read only to guide: unguided steps keep SDPA in the last layer too
+                hidden = run_layers(self.layers, feed, self.rotary_emb, position, cache, last_layer_first_key_attention=guided)
+                if guided:
+                    hidden, first_key = hidden
                 compressed[:, step] = self.head.context.compress(hidden[:, 0])
                 context = self.head.context(compressed[:, : step + 1], position)  # [R, 1, D]
 

@@ -86,23 +86,37 @@ def convert_state_dict(
     Raises :class:`CheckpointError` naming the key, both shapes and the fix on any missing,
     unexpected or mis-shaped tensor.
     """
-    expected = expected_shapes(config)
+    return rename_and_check(
+        original, expected_shapes(config), hf_key, source, f"num_hidden_layers={config.num_hidden_layers}", lambda key: _shape_hint(key, config)
+    )
+
+
+def rename_and_check(
+    original: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    rename,
+    source: str,
+    layers: str,
+    shape_hint=lambda key: "",
+) -> dict[str, torch.Tensor]:
+    """The one strict conversion loop of the AR converters: ``rename`` each original key (``None``: a
+    run-time tensor, skipped), and refuse an unknown key, a wrong shape (``shape_hint(key)`` appended)
+    or a missing weight, naming the key and the fix. ``layers`` describes the config's depth."""
     converted: dict[str, torch.Tensor] = {}
     for original_key, tensor in original.items():
-        key = hf_key(original_key)
+        key = rename(original_key)
         if key is None:
             logger.debug("skipping %s (rebuilt at run time)", original_key)
             continue
         if key not in expected:
             raise CheckpointError(
-                f"{source} has {original_key!r} but the config has no such weight (num_hidden_layers="
-                f"{config.num_hidden_layers}); pick the preset or --config that matches the checkpoint"
+                f"{source} has {original_key!r} but the config has no such weight ({layers}); "
+                "pick the preset or --config that matches the checkpoint"
             )
         if tuple(tensor.shape) != expected[key]:
             raise CheckpointError(
                 f"shape mismatch for {original_key!r} (ours {key!r}): {source} has {list(tensor.shape)}, the config "
-                f"expects {list(expected[key])}; pick the preset or --config that matches the checkpoint"
-                + _shape_hint(key, config)
+                f"expects {list(expected[key])}; pick the preset or --config that matches the checkpoint" + shape_hint(key)
             )
         converted[key] = tensor
     missing = sorted(set(expected) - set(converted))
@@ -209,10 +223,15 @@ def _fresh_vocabulary_weights(config: LlamaGenConfig, seed: int, dtype: torch.dt
 
 
 def _write_atomically(out_dir: Path, config: LlamaGenConfig, weights: dict[str, torch.Tensor], overwrite: bool) -> None:
+    write_model_dir(out_dir, config, weights, LlamaGenForImageGeneration.__name__, default_generation_config(config), overwrite)
+
+
+def write_model_dir(out_dir: Path, config, weights: dict[str, torch.Tensor], architecture: str, generation_config, overwrite: bool) -> None:
+    """A converted model directory (config, generation config, safetensors weights), staged and renamed into place."""
     with staged_dir(out_dir) as staging:
-        config.architectures = [LlamaGenForImageGeneration.__name__]
+        config.architectures = [architecture]
         config.save_pretrained(staging)
-        default_generation_config(config).save_pretrained(staging)
+        generation_config.save_pretrained(staging)
         save_file({key: value.contiguous() for key, value in weights.items()}, str(staging / "model.safetensors"), metadata={"format": "pt"})
         check_output_dir(out_dir, MODEL_FILES, overwrite=overwrite, error=CheckpointError)  # again: it may have changed meanwhile
 
