@@ -69,12 +69,13 @@ def optimizer_for(model) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
 
 
-def step_seconds(loss_fn, optimizer, codes, labels) -> float:
+def step_seconds(loss_fn, optimizer, codes, labels, autocast: torch.dtype | None = None) -> float:
     cuda = codes.is_cuda
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    loss = loss_fn(codes, labels)
+    with torch.autocast(codes.device.type, dtype=autocast, enabled=autocast is not None):
+        loss = loss_fn(codes, labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -89,7 +90,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per model (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first (compilation happens here)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the weights' dtype")
+    parser.add_argument("--autocast", choices=["bfloat16"], help="float32 weights, forward under autocast to this dtype (a trainer's mixed_precision)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also run ours under torch.compile")
@@ -98,6 +100,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    autocast = getattr(torch, args.autocast) if args.autocast else None
     runs = {}
     model, loss_fn, config = ours(args.preset, dtype, False, args.device)
     runs["ours"] = (loss_fn, optimizer_for(model))
@@ -113,14 +116,15 @@ def main() -> None:
     codes = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size), generator=generator).to(args.device)
     labels = torch.randint(0, config.num_classes, (args.batch_size,), generator=generator).to(args.device)
     tokens = codes.numel()
-    print(f"{args.preset}, batch {args.batch_size} x {config.block_size} tokens, {args.dtype}, {args.device}, {args.threads} threads")
+    precision = f"{args.dtype} weights" + (f", {args.autocast} autocast" if autocast else "")
+    print(f"{args.preset}, batch {args.batch_size} x {config.block_size} tokens, {precision}, {args.device}, {args.threads} threads")
     for name, (fn, opt) in runs.items():
         for _ in range(args.warmup):
-            step_seconds(fn, opt, codes, labels)
+            step_seconds(fn, opt, codes, labels, autocast)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.steps):  # interleaved: load changes hit every model alike
         for name, (fn, opt) in runs.items():
-            times[name].append(step_seconds(fn, opt, codes, labels))
+            times[name].append(step_seconds(fn, opt, codes, labels, autocast))
     rates = {}
     for name, values in times.items():
         median = statistics.median(values)

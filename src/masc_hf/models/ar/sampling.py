@@ -54,11 +54,29 @@ def sample_next_token(
 def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Row r of ``probs`` ``[R, V]`` sampled at ``uniforms[r]`` in [0, 1): the first id whose cumulative
     probability (float64) exceeds ``uniforms[r]`` times the row total; never an id of probability 0."""
-    cdf = probs.double().cumsum(dim=-1)
+    cdf = _compilable_cumsum(probs.double())
     total = cdf[:, -1:]
-    ids = torch.searchsorted(cdf, uniforms.to(cdf)[:, None] * total, right=True).squeeze(-1)
+    target = uniforms.to(cdf)[:, None] * total
+    if torch.compiler.is_compiling():  # the same index as searchsorted(right=True) on a sorted row, as a count:
+        ids = (cdf <= target).sum(dim=-1)  # inductor's CUDA searchsorted cannot read the blocked CDF (a view)
+    else:
+        ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     last_positive = (cdf < total).sum(dim=-1)  # rounding can put u * total on the total itself
     return torch.minimum(ids, last_positive)
+
+
+def _compilable_cumsum(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """``x.cumsum(-1)`` of ``[R, V]``; under ``torch.compile`` as scans of ``block`` columns plus a scan
+    of the block totals: inductor's CUDA code for one long float64 scan (a split scan at V = 16,384)
+    fails to compile (torch 2.11 on an H200, seen in benchmarks/gpu_check.sh), short scans do not. Eager calls keep torch's cumsum, so
+    eager draws are unchanged; the two orders of summation differ by float64 rounding only."""
+    if not torch.compiler.is_compiling() or x.shape[-1] <= block:
+        return x.cumsum(dim=-1)
+    rows, width = x.shape
+    padded = torch.nn.functional.pad(x, (0, -width % block)).view(rows, -1, block)  # zeros at the end change no sum
+    inner = padded.cumsum(dim=-1)
+    before = torch.nn.functional.pad(inner[..., -1].cumsum(dim=-1)[:, :-1], (1, 0))  # the sum of every earlier block
+    return (inner + before[..., None]).view(rows, -1)[:, :width]
 
 
 def per_image_uniforms(generators, batch_size: int, count: int, device: torch.device) -> torch.Tensor:
