@@ -127,6 +127,33 @@ def test_one_step_decoding_over_the_cache_equals_the_teacher_forced_logits(refin
     torch.testing.assert_close(refiner.restrict_to_cluster(unmasked, coarse[:, 0]), forced[:, 0], rtol=1e-5, atol=1e-5)
 
 
+def test_the_decode_step_scores_only_the_members_and_equals_the_full_head(cluster_map):
+    torch.manual_seed(0)
+    model = MASCRefiner(tiny_config(), cluster_map).eval()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.5)
+
+    def check_table(cmap):
+        table = model.member_table()
+        assert table.shape == (K, max(SIZES))
+        for c in range(K):
+            assert table[c][table[c] < N].tolist() == sorted(cmap.members(c).tolist())
+
+    check_table(cluster_map)
+    for rows in (2, 4):  # 2 x 16 members <= N: the member rows; 4 x 16 > N: the whole head (then masked)
+        hidden, coarse, _ = batch(cluster_map, batch_size=rows)
+        start = torch.full((rows,), N)
+        with torch.no_grad():
+            step = model.refine_step(hidden[:, 0], coarse[:, 0], start, model.new_cache(rows), torch.tensor([0]))
+            full = model.refine_step(hidden[:, 0], coarse[:, 0], start, model.new_cache(rows), torch.tensor([0]), restrict=False)
+        full = model.restrict_to_cluster(full, coarse[:, 0])
+        assert torch.equal(torch.isinf(step), torch.isinf(full))
+        torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    other = random_map(1)  # a map written into the buffer (as loading weights does): the table follows it
+    with torch.no_grad():
+        model.token_cluster.copy_(torch.as_tensor(other.mapping))
+    check_table(other)
+
+
 def test_the_compiled_step_equals_the_eager_one(refiner, cluster_map):
     """refine_step compiles with fullgraph=True (no graph break, no host sync); greedy decoding over
     random predicted clusters picks the same members."""

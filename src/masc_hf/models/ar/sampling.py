@@ -21,7 +21,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        cumulative = _compilable_cumsum(sorted_logits.softmax(dim=-1))
         drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
         drop_sorted[..., 1:] = cumulative[..., :-1] > top_p  # dropped once the ids before it already exceed p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
@@ -66,17 +66,17 @@ def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
 
 
 def _compilable_cumsum(x: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """``x.cumsum(-1)`` of ``[R, V]``; under ``torch.compile`` as scans of ``block`` columns plus a scan
+    """``x.cumsum(-1)``; under ``torch.compile`` as scans of ``block`` columns plus a scan
     of the block totals: inductor's CUDA code for one long float64 scan (a split scan at V = 16,384)
     fails to compile (torch 2.11 on an H200, seen in benchmarks/gpu_check.sh), short scans do not. Eager calls keep torch's cumsum, so
     eager draws are unchanged; the two orders of summation differ by float64 rounding only."""
     if not torch.compiler.is_compiling() or x.shape[-1] <= block:
         return x.cumsum(dim=-1)
-    rows, width = x.shape
-    padded = torch.nn.functional.pad(x, (0, -width % block)).view(rows, -1, block)  # zeros at the end change no sum
+    width = x.shape[-1]
+    padded = torch.nn.functional.pad(x, (0, -width % block)).unflatten(-1, (-1, block))  # zeros at the end change no sum
     inner = padded.cumsum(dim=-1)
-    before = torch.nn.functional.pad(inner[..., -1].cumsum(dim=-1)[:, :-1], (1, 0))  # the sum of every earlier block
-    return (inner + before[..., None]).view(rows, -1)[:, :width]
+    before = torch.nn.functional.pad(inner[..., -1].cumsum(dim=-1)[..., :-1], (1, 0))  # the sum of every earlier block
+    return (inner + before[..., None]).flatten(-2)[..., :width]
 
 
 def per_image_uniforms(generators, batch_size: int, count: int, device: torch.device) -> torch.Tensor:

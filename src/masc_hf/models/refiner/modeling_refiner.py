@@ -251,8 +251,42 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
         shapes at every step and no host sync or input check: compiles with ``fullgraph=True``.
         """
         inputs = self._embed(hidden_states[:, None], coarse_ids[:, None], previous_fine_ids[:, None])
-        logits = self._decoder(inputs, cache_position, cache)[:, -1]
-        return self.restrict_to_cluster(logits, coarse_ids) if restrict else logits
+        table = self.member_table() if restrict else None
+        if table is None or table.numel() // self.config.num_clusters * coarse_ids.shape[0] > self.config.num_tokens:
+            logits = self._decoder(inputs, cache_position, cache)[:, -1]
+            return self.restrict_to_cluster(logits, coarse_ids) if restrict else logits
+        # the head's rows of the members only (a cluster of 2 reads 2 rows of the N): the same logits
+        # where they count, -inf elsewhere; padding points at a spare column N, dropped at the end
+        states = self.norm(run_layers(self.layers, inputs, self.rotary_emb, cache_position, cache))[:, -1]
+        members = table[coarse_ids]  # [R, M]
+        rows = self.lm_head.weight[members.clamp(max=self.config.num_tokens - 1)]  # [R, M, hidden]
+        member_logits = torch.matmul(rows, states[:, :, None])[..., 0].float()
+        member_logits = member_logits.masked_fill(members == self.config.num_tokens, float("-inf"))
+        logits = member_logits.new_full((coarse_ids.shape[0], self.config.num_tokens + 1), float("-inf"))
+        return logits.scatter(1, members, member_logits)[:, :-1]
+
+    def member_table(self) -> torch.Tensor | None:
+        """``[k, M]`` the members of every cluster in increasing id order, padded with N (M: the largest
+        cluster), built from ``token_cluster`` when first needed (a host sync) and kept until the map
+        changes; ``None`` without a map. :meth:`refine_step` scores only these rows of the head. A
+        compiled step reads the kept table (``generate`` runs the first step eagerly, which builds it)."""
+        kept = self.__dict__.get("_member_table")
+        if torch.compiler.is_compiling():  # a compiled step uses the table its eager first step built
+            return None if kept is None else kept[1]
+        key = (self.token_cluster.device, self.token_cluster._version, self.token_cluster.data_ptr())
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        mapping = self.token_cluster
+        if bool((mapping < 0).any()):
+            return None
+        order = torch.argsort(mapping, stable=True)
+        counts = torch.bincount(mapping, minlength=self.config.num_clusters)
+        starts = counts.cumsum(0) - counts
+        slot = torch.arange(mapping.numel(), device=mapping.device) - starts[mapping[order]]
+        table = torch.full((self.config.num_clusters, int(counts.max())), self.config.num_tokens, dtype=torch.long, device=mapping.device)
+        table[mapping[order], slot] = order
+        self.__dict__["_member_table"] = (key, table)  # a plain attribute: not saved, not moved with the model
+        return table
 
 
 def check_refiner_fits(refiner, model, cluster_map: MASCClusterMap | None = None, what: str = "the model", error: type[Exception] = ModelInputError) -> None:
