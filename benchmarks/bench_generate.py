@@ -14,8 +14,10 @@ call is reported apart. Weights are random: speed does not depend on them.
 copied into this project): its ``generate`` on a model of the same preset, batch, guidance and
 threads, in the same run. ``--floor``: the time the decode steps' linear layers alone take as plain
 ``F.linear`` calls of the same shapes and dtype (every layer's projections and the head, at the
-guided batch's rows, ``block_size`` times): the memory-bound floor of a decode step on a CPU. The
-last line gives ours against the reference and against the floor.
+guided batch's rows, ``block_size`` times): the memory-bound floor of a decode step on a CPU; and
+the time to read the KV cache's written positions at every step (what attention must read, which
+the linear floor leaves out and which grows with the batch). The last line gives ours against the
+reference and against the floors.
 """
 
 from __future__ import annotations
@@ -125,6 +127,26 @@ def linear_floor(model, batch_size: int, guidance_scale: float):
     return run
 
 
+def kv_read_floor(model, batch_size: int, guidance_scale: float):
+    """A callable doing only what attention must read: at each of ``block_size`` steps, every layer's
+    keys and values of the positions written so far (a sum over each, the same shapes and dtype as
+    the static cache). Linear floor + this is the memory floor of an eager decode step."""
+    config = model.config
+    rows = batch_size * (2 if guidance_scale not in (0.0, 1.0) else 1)
+    length = config.cls_token_num + config.block_size - 1
+    shape = (rows, config.num_key_value_heads, length, config.head_dim)
+    caches = [torch.randn(shape, device=model.device, dtype=model.dtype) for _ in range(2 * config.num_hidden_layers)]
+
+    @torch.no_grad()
+    def run():
+        for step in range(config.block_size):
+            visible = config.cls_token_num + step
+            for cache in caches:
+                cache[:, :, :visible].sum()
+
+    return run
+
+
 def measure(fn, device: str, repeats: int) -> float:
     """Best wall time of ``repeats`` calls, in seconds."""
     best = float("inf")
@@ -175,6 +197,7 @@ def run(args: argparse.Namespace, device: str) -> None:
         candidates["LlamaGen reference"] = reference_generate(args.reference_src, model, labels, args.guidance_scale, args.top_k)
     if args.floor:
         candidates["linear layers (floor)"] = linear_floor(model, args.batch_size, args.guidance_scale)
+        candidates["KV cache reads"] = kv_read_floor(model, args.batch_size, args.guidance_scale)
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
     print(f"{'method':<26}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
@@ -213,6 +236,9 @@ def run(args: argparse.Namespace, device: str) -> None:
         summary.append(f"ours ({ours}) vs the LlamaGen reference: {results['LlamaGen reference'] / results[ours]:.2f}x images/s")
     if "linear layers (floor)" in results:
         summary.append(f"time / linear-layer floor: {results[ours] / results['linear layers (floor)']:.2f}x (goal <= 1.25x)")
+    if "KV cache reads" in results:
+        memory_floor = results["linear layers (floor)"] + results["KV cache reads"]
+        summary.append(f"time / (linear layers + KV cache reads): {results[ours] / memory_floor:.2f}x")
     if args.refiner:  # the decode's shares of generation time (goals: < 1% and < 10%)
         mode = "compiled" if {"hierarchical, compiled", "cluster ids, compiled"} <= set(results) else "eager"
         member = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])
@@ -239,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
     parser.add_argument("--reference-src", help="a LlamaGen checkout: time its generate on the same model sizes, in the same run")
-    parser.add_argument("--floor", action="store_true", help="time the decode steps' linear layers alone (plain F.linear): the CPU floor")
+    parser.add_argument("--floor", action="store_true", help="time the decode steps' linear layers alone (plain F.linear): the CPU floor; and the KV cache reads")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
     parser.add_argument("--refiner", action="store_true", help="MASC model: random-member against hierarchical decoding (the refiner's cost)")
     parser.add_argument("--refiner-clusters", type=int, default=8192, help="k of the MASC model with --refiner (default 8192 = N/2)")

@@ -3,8 +3,9 @@
 One step is what a training loop does per batch: forward (teacher forcing on the whole sequence),
 cross-entropy, backward, AdamW (our trainer's settings: betas 0.9/0.95, weight decay 0.05). Both
 models have the same preset, batch, dtype and thread count, and random weights (speed does not
-depend on them). The steps alternate between the two models, so a machine that gets busier or
-quieter during the run slows both alike; the median step time of each gives tokens/s and the ratio.
+depend on them). The steps alternate between the two models, in an order that flips every round, so
+a machine that gets busier or quieter during the run (or a step that pays for the one before it)
+slows both alike; the median step time of each gives tokens/s and the ratio.
 
     python benchmarks/bench_train.py --reference-src /path/to/LlamaGen            # GPT-B-256, batch 8, fp32
     python benchmarks/bench_train.py --reference-src DIR --compile                 # ours under torch.compile too
@@ -122,8 +123,8 @@ def main() -> None:
         for _ in range(args.warmup):
             step_seconds(fn, opt, codes, labels, autocast)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.steps):  # interleaved: load changes hit every model alike
-        for name, (fn, opt) in runs.items():
+    for step in range(args.steps):  # interleaved: load changes hit every model alike; the order flips every round
+        for name, (fn, opt) in (list(runs.items()) if step % 2 == 0 else list(runs.items())[::-1]):
             times[name].append(step_seconds(fn, opt, codes, labels, autocast))
     rates = {}
     for name, values in times.items():
