@@ -66,10 +66,10 @@ def inverse_cdf_sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
 
 
 def _compilable_cumsum(x: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """``x.cumsum(-1)``; under ``torch.compile`` as scans of ``block`` columns plus a scan
-    of the block totals: inductor's CUDA code for one long float64 scan (a split scan at V = 16,384)
-    fails to compile (torch 2.11 on an H200, seen in benchmarks/gpu_check.sh), short scans do not. Eager calls keep torch's cumsum, so
-    eager draws are unchanged; the two orders of summation differ by float64 rounding only."""
+    """``x.cumsum(-1)``; under ``torch.compile`` as scans of ``block`` columns plus a scan of the block
+    totals. Inductor's CUDA code for one long scan (a split scan at V = 16,384) failed to compile
+    (torch 2.11 on an H200, seen by benchmarks/gpu_check.sh); short scans do not. Eager calls keep
+    torch's cumsum, so eager draws are unchanged; the two orders of summation differ by rounding only."""
     if not torch.compiler.is_compiling() or x.shape[-1] <= block:
         return x.cumsum(dim=-1)
     width = x.shape[-1]
