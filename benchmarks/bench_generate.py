@@ -176,6 +176,10 @@ def run(args: argparse.Namespace, device: str) -> None:
     candidates = {"static cache, eager": eager}
     if not args.no_compile:
         candidates["static cache, compiled"] = compiled
+        if args.cache_windows > 1:
+            candidates[f"compiled, {args.cache_windows} windows"] = lambda: model.generate(
+                labels, guidance_scale=args.guidance_scale, top_k=args.top_k, compile=True, cache_windows=args.cache_windows
+            )
     if args.refiner:  # MASC: a random member (the map's decode) against the refiner's pick (hierarchical decoding)
         refiner = build_refiner(model, cluster_map, args.refiner_width, device, dtype)
         print(f"refiner: {refiner.num_parameters() / 1e6:.1f}M params (width {args.refiner_width}), k={cluster_map.num_clusters}")
@@ -230,7 +234,7 @@ def run(args: argparse.Namespace, device: str) -> None:
     for name, seconds in results.items():
         if name != reference:
             print(f"{name} / {reference} speed: {results[reference] / seconds:.2f}x")
-    ours = min((name for name in results if name.startswith("static cache")), key=results.get, default=reference)
+    ours = min((name for name in results if name.startswith(("static cache", "compiled,"))), key=results.get, default=reference)
     summary = []
     if "LlamaGen reference" in results:
         summary.append(f"ours ({ours}) vs the LlamaGen reference: {results['LlamaGen reference'] / results[ours]:.2f}x images/s")
@@ -267,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-src", help="a LlamaGen checkout: time its generate on the same model sizes, in the same run")
     parser.add_argument("--floor", action="store_true", help="time the decode steps' linear layers alone (plain F.linear): the CPU floor; and the KV cache reads")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
+    parser.add_argument("--cache-windows", type=int, default=1, help="also time generate(compile=True, cache_windows=N) (N > 1)")
     parser.add_argument("--refiner", action="store_true", help="MASC model: random-member against hierarchical decoding (the refiner's cost)")
     parser.add_argument("--refiner-clusters", type=int, default=8192, help="k of the MASC model with --refiner (default 8192 = N/2)")
     parser.add_argument("--refiner-width", type=int, default=512, help="refiner width (the paper's 512)")

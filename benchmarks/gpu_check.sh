@@ -70,7 +70,7 @@ run cuda_parity 150 "$PY" benchmarks/cuda_parity.py --device "$DEVICE" "${REF[@]
 MAP_N=${MAP_N:-16384}
 run cluster_map 60 "$PY" benchmarks/bench_cluster_map.py --n "$MAP_N" --d 8 --k $((MAP_N / 2)) --engine torch --device "$DEVICE"
 # 2. generation: eager and compiled (CUDA graphs) against the reference's generate, batch 64, CFG 4
-gen "$first_preset" 120
+gen "$first_preset" 150 --cache-windows 4   # also the compiled step with 4 static attention lengths
 # 3. a training step: fp32 weights under bf16 autocast, fused AdamW; eager and compiled against the reference
 run "train_$first_preset" 120 "$PY" benchmarks/bench_train.py --preset "$first_preset" --batch-size 32 --autocast bfloat16 --device "$DEVICE" \
   --steps 6 --warmup 2 --compile "${REF[@]}"

@@ -341,6 +341,34 @@ def test_compiled_and_eager_greedy_generations_are_token_identical(tiny_model, g
     assert torch.equal(sampled[0], sampled[1])
 
 
+def test_compiled_cache_windows_give_the_same_tokens(tiny_model, gpt_generate):
+    """cache_windows: each compiled step reads a static prefix of the cache that covers the written
+    positions (one graph per window); the reference's greedy tokens and the per-image draws stay."""
+    labels = gpt_generate["class_labels"]
+    windowed = tiny_model.generate(labels, guidance_scale=4.0, top_k=1, compile=True, cache_windows=3)
+    assert torch.equal(windowed, gpt_generate["tokens_cfg_on"])
+    seeds = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
+    eager = tiny_model.generate(labels, guidance_scale=2.0, generator=seeds())
+    assert torch.equal(tiny_model.generate(labels, guidance_scale=2.0, generator=seeds(), compile=True, cache_windows=4), eager)
+    assert tiny_model._kept_cache.window is None  # the kept cache is left whole for the next call
+    with pytest.raises(ModelInputError, match="cache_windows=2 applies to the compiled decode step; pass compile=True"):
+        tiny_model.generate(labels, cache_windows=2)
+    with pytest.raises(ModelInputError, match="cache_windows=9 must be an integer from 1 to 8"):
+        tiny_model.generate(labels, compile=True, cache_windows=9)
+
+
+def test_compiled_generation_is_not_stopped_by_dynamos_recompile_limit(tiny_model):
+    """Every model, batch shape, sampling setting and cache window is one more graph of the same decode
+    step; dynamo's default limit (8 per code object, here lowered to 1) must not end a session's sampling."""
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    with torch._dynamo.config.patch(**{name: 1}):  # (config.patch: monkeypatch's undo breaks dynamo's config module)
+        first = tiny_model.generate([1, 2, 3], guidance_scale=4.0, top_k=1, compile=True)
+        second = tiny_model.generate([1, 2, 3], guidance_scale=1.0, top_k=1, compile=True)  # another batch of rows: another graph
+        assert getattr(torch._dynamo.config, name) == 1  # the limit is raised for generate's calls only
+    assert torch.equal(first, tiny_model.generate([1, 2, 3], guidance_scale=4.0, top_k=1))
+    assert torch.equal(second, tiny_model.generate([1, 2, 3], guidance_scale=1.0, top_k=1))
+
+
 def test_guidance_stops_without_changing_the_batch(tiny_model):
     """After cfg_interval the null rows keep running (static shapes); the ids follow the conditional logits."""
     calls = []

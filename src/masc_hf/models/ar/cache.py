@@ -22,6 +22,10 @@ class StaticKVCache:
     query is the last of them. Attention then reads only those positions, with no mask: the work of
     a step grows with the position instead of being ``max_len`` every time (shapes change, so a
     compiled step leaves it ``None``).
+
+    ``window``: set by a compiled decoding loop to a static length covering the positions written so
+    far. Attention then reads the first ``window`` positions under the mask instead of the whole
+    buffer; each distinct window is one compiled graph (``generate(compile=True, cache_windows=n)``).
     """
 
     def __init__(
@@ -32,6 +36,7 @@ class StaticKVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.arange(max_len, device=device)
         self.visible: int | None = None
+        self.window: int | None = None
         if not torch.compiler.is_compiling():
             for tensor in (*self.keys, *self.values):
                 torch._dynamo.mark_static_address(tensor)
@@ -50,8 +55,10 @@ class StaticKVCache:
         layer_values.index_copy_(2, cache_position, values)
         if self.visible is not None:
             return layer_keys[:, :, : self.visible], layer_values[:, :, : self.visible]
+        if self.window is not None:
+            return layer_keys[:, :, : self.window], layer_values[:, :, : self.window]
         return layer_keys, layer_values
 
     def attention_mask(self, cache_position: torch.Tensor) -> torch.Tensor:
-        """``[S, max_len]`` bool: the query at ``cache_position[i]`` sees every position up to its own."""
-        return self.positions[None, :] <= cache_position[:, None]
+        """``[S, max_len]`` (``[S, window]``) bool: the query at ``cache_position[i]`` sees every position up to its own."""
+        return self.positions[None, : self.window] <= cache_position[:, None]

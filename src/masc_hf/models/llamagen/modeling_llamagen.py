@@ -11,6 +11,8 @@ Sequence layout: position 0 holds the class embedding, positions 1..L-1 the imag
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +143,9 @@ class LlamaGenPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RotaryEmbedding2D):
             # non-persistent buffers are not in checkpoints: rebuild them (also after meta-device loading)
             module.reset_table()
+
+
+COMPILED_GRAPHS_LIMIT = 64  # graphs of the compiled decode step one process may hold (dynamo's default is 8)
 
 
 class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
@@ -371,6 +376,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
         cfg_interval: int | None = None,
         generation_config: GenerationConfig | None = None,
         compile: bool = False,
+        cache_windows: int = 1,
         progress_bar: bool = False,
         callback: Callable[[int, torch.Tensor], None] | None = None,
         refiner=None,
@@ -401,6 +407,11 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 ``fullgraph=True``). Greedy and per-image-generator results equal the eager ones; with
                 one generator the compiled step draws by inverse CDF at uniforms from that generator
                 (reproducible, but not the eager multinomial draws).
+            cache_windows: with ``compile``, the number of static attention lengths (1 to 8): each
+                step attends over the shortest one that covers the positions written so far instead
+                of the whole cache. Each length compiles its own graph (and CUDA graph), so n costs n
+                compilations once, and saves reading up to about half the KV cache, the bulk of a
+                decode step's memory traffic at large batches. The tokens are the same as with 1.
             progress_bar: show a tqdm bar over the decode steps.
             callback: ``callback(step, tokens)`` after each token (``tokens`` ``[B, block_size]``, filled
                 up to column ``step``).
@@ -434,6 +445,13 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
         labels = self._check_class_labels(class_labels)
         if refiner is not None:
             self._check_refiner(refiner)
+        if isinstance(cache_windows, bool) or not isinstance(cache_windows, int) or not 1 <= cache_windows <= 8:
+            raise ModelInputError(f"cache_windows={cache_windows!r} must be an integer from 1 to 8 (1: attend over the whole cache)")
+        if cache_windows != 1 and not compile:
+            raise ModelInputError(
+                f"cache_windows={cache_windows} applies to the compiled decode step; pass compile=True, or drop cache_windows "
+                "(eager steps already read only the written positions)"
+            )
         batch_size, length, device = labels.shape[0], config.block_size, labels.device
         draws = length * (2 if refiner is not None else 1)
         # per-image generators: one uniform per image and step, drawn up front; else draws from `generator`
@@ -457,6 +475,12 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
 
         was_training = self.training
         self.eval()
+        cache = None
+        limits = contextlib.ExitStack()
+        if compile:  # dynamo's recompile limit (8) counts every graph of _decode_step in the process: each model,
+            # batch shape, sampling setting and cache window is one, so a session that samples a few ways would hit it
+            name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+            limits.enter_context(torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), COMPILED_GRAPHS_LIMIT)}))
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
@@ -487,6 +511,8 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 callback(0, returned)
             step_fn = self.compiled_decode_step() if compile else self._decode_step
             positions = torch.arange(config.cls_token_num, config.cls_token_num + length - 1, device=device)
+            max_len = cache.shape[3]
+            windows = [-(-max_len * i // cache_windows) for i in range(1, cache_windows + 1)] if cache_windows > 1 else []
             for step in tqdm(range(length - 1), desc="generate", disable=not progress_bar, leave=False):
                 step_uniforms = None if uniforms is None else uniforms[:, step + 1]
                 args = (tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling)
@@ -494,6 +520,8 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                     cache.visible = config.cls_token_num + step + 1
                     if refiner_cache is not None:
                         refiner_cache.visible = step + 2
+                elif windows:  # the shortest static length covering the written positions and this one
+                    cache.window = next(w for w in windows if w >= config.cls_token_num + step + 1)
                 if refiner is None:
                     tokens[:, step + 1] = step_fn(*args)
                 else:
@@ -504,6 +532,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                     callback(step + 1, returned)
         finally:
             self.train(was_training)
+            limits.close()
+            if cache is not None:
+                cache.window = None  # the kept cache serves the next call, perhaps with other windows
         return returned
 
     def _check_refiner(self, refiner) -> None:
