@@ -52,17 +52,6 @@ def bytes_needed(engine: str, n: int, k: int, masc_engine: str = "auto", device:
     return 4 * n * n  # fastcluster: one condensed float64 matrix
 
 
-def available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -121,7 +110,9 @@ def touch_memory(nbytes: int) -> None:
 
 def compare(n: int, d: int, k: int, seed: int, engines: list[str], masc_engine: str, device: str | None, warmup: bool) -> dict:
     """Run every engine that fits on one codebook; print one line each; return the results by name."""
-    free = available_bytes()
+    from masc_hf.clustering.linkage import available_memory  # the sparse engine's own budget reads the same
+
+    free = available_memory()
     runnable = []
     for engine in engines:
         if engine == "fastcluster":
