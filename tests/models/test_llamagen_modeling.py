@@ -357,6 +357,28 @@ def test_compiled_cache_windows_give_the_same_tokens(tiny_model, gpt_generate):
         tiny_model.generate(labels, compile=True, cache_windows=9)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_single_query_attention_equals_sdpa_over_a_cache_of_either_value_layout(transposed):
+    """The compiled CPU decode step's attention (two reductions) against SDPA, over what a cache returns."""
+    from masc_hf.models.ar import StaticKVCache
+    from masc_hf.models.ar.layers import single_query_attention
+
+    generator = torch.Generator().manual_seed(0)
+    cache = StaticKVCache(2, 3, 4, 12, 16, torch.float32, torch.device("cpu"), values_transposed=transposed)
+    written = torch.arange(7)
+    keys, values = (torch.randn(3, 4, 7, 16, generator=generator) for _ in range(2))
+    cache.update(0, written, torch.zeros_like(keys), torch.zeros_like(values))  # layer 0 stays apart
+    layer_keys, layer_values = cache.update(1, written, keys, values)
+    assert layer_values.shape == (3, 4, 12, 16) and torch.equal(layer_values[:, :, :7], values) and torch.equal(layer_keys[:, :, :7], keys)
+    assert not cache.values[0].any() and (layer_values.stride(2) == 1) == transposed  # positions contiguous when transposed
+    query = torch.randn(3, 4, 1, 16, generator=generator)
+    mask = cache.attention_mask(torch.tensor([6]))  # [1, 12]: positions 0..6
+    expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
+    torch.testing.assert_close(single_query_attention(query, layer_keys, layer_values, mask), expected)
+    compiled = torch.compile(single_query_attention, fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(query, layer_keys, layer_values, mask), expected)
+
+
 def test_compiled_generation_is_not_stopped_by_dynamos_recompile_limit(tiny_model):
     """Every model, batch shape, sampling setting and cache window is one more graph of the same decode
     step; dynamo's default limit (8 per code object, here lowered to 1) must not end a session's sampling."""

@@ -26,14 +26,30 @@ class StaticKVCache:
     ``window``: set by a compiled decoding loop to a static length covering the positions written so
     far. Attention then reads the first ``window`` positions under the mask instead of the whole
     buffer; each distinct window is one compiled graph (``generate(compile=True, cache_windows=n)``).
+
+    ``values_transposed``: keep each layer's values as ``[rows, kv_heads, head_dim, max_len]``, so
+    that one query's weighted sum of values runs along contiguous positions (a compiled CPU decode
+    step then reads them at memory speed: :func:`~masc_hf.models.ar.layers.single_query_attention`).
+    :meth:`update` returns the same ``[rows, kv_heads, positions, head_dim]`` shape either way (a
+    transposed view); only the memory order differs.
     """
 
     def __init__(
-        self, num_layers: int, rows: int, num_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        num_layers: int,
+        rows: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        values_transposed: bool = False,
     ) -> None:
         shape = (rows, num_kv_heads, max_len, head_dim)
+        self.values_transposed = values_transposed
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        value_shape = (rows, num_kv_heads, head_dim, max_len) if values_transposed else shape
+        self.values = [torch.zeros(value_shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.arange(max_len, device=device)
         self.visible: int | None = None
         self.window: int | None = None
@@ -52,7 +68,11 @@ class StaticKVCache:
         """Write ``[rows, kv_heads, S, head_dim]`` at ``cache_position`` ``[S]``; return the whole layer's buffers."""
         layer_keys, layer_values = self.keys[layer_idx], self.values[layer_idx]
         layer_keys.index_copy_(2, cache_position, keys)
-        layer_values.index_copy_(2, cache_position, values)
+        if self.values_transposed:
+            layer_values.index_copy_(3, cache_position, values.transpose(2, 3))
+            layer_values = layer_values.transpose(2, 3)
+        else:
+            layer_values.index_copy_(2, cache_position, values)
         if self.visible is not None:
             return layer_keys[:, :, : self.visible], layer_values[:, :, : self.visible]
         if self.window is not None:

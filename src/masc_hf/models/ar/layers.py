@@ -60,6 +60,21 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
+def single_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per row over a cache, written as two reductions for ``torch.compile``'s
+    CPU code: ``query`` ``[B, H, 1, D]``, ``key`` / ``value`` ``[B, H, L, D]``, ``mask`` ``[1, L]`` bool.
+
+    Inductor turns this into one loop nest per (row, head) that reads each key and value once, at
+    memory speed when the values lie along contiguous positions (``StaticKVCache(values_transposed=True)``);
+    the fused CPU SDPA kernel reads a decode step's cache at about half that speed, and the cache is
+    the bulk of a decode step's memory traffic at large batches (benchmarks/bench_generate.py --floor).
+    Float32 arithmetic, as SDPA's CPU kernel; the same result up to rounding."""
+    scores = (query.float() * key.float()).sum(dim=-1) * query.shape[-1] ** -0.5  # [B, H, L]
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    output = (probs.unsqueeze(-2) * value.float().transpose(-1, -2)).sum(dim=-1)  # [B, H, D]
+    return output.unsqueeze(2).to(value.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head (or grouped-query) attention with one fused q/k/v projection and 2D RoPE."""
 
@@ -126,6 +141,8 @@ class Attention(nn.Module):
             first_key = probs[..., 0]
             probs = F.dropout(probs, self.attention_dropout, self.training)
             output = torch.matmul(probs.to(value.dtype), value)
+        elif length == 1 and attention_mask is not None and query.device.type == "cpu" and torch.compiler.is_compiling():
+            output = single_query_attention(query, key, value, attention_mask)  # a compiled CPU decode step
         else:
             output = F.scaled_dot_product_attention(
                 query,

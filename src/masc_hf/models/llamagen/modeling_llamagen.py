@@ -349,7 +349,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
         cached = self.__dict__.get("_kept_cache")
         if keep and cached is not None and cached.shape == shape and cached.keys[0].dtype == self.dtype and cached.keys[0].device == torch.device(device):
             return cached
-        cache = StaticKVCache(*shape[:3], shape[3], shape[4], self.dtype, device)
+        # a compiled CPU step attends by reductions, which read the values fastest along positions (single_query_attention)
+        transposed = keep and torch.device(device).type == "cpu"
+        cache = StaticKVCache(*shape[:3], shape[3], shape[4], self.dtype, device, values_transposed=transposed)
         if keep:
             self.__dict__["_kept_cache"] = cache  # a plain attribute: not a buffer, never saved or moved with the model
         return cache
