@@ -414,6 +414,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 of the whole cache. Each length compiles its own graph (and CUDA graph), so n costs n
                 compilations once, and saves reading up to about half the KV cache, the bulk of a
                 decode step's memory traffic at large batches. The tokens are the same as with 1.
+                Meant for CUDA: a compiled CPU step keeps the values along positions (it attends by
+                two reductions at about memory speed), and a prefix of each row costs about as much
+                to read as the whole row there.
             progress_bar: show a tqdm bar over the decode steps.
             callback: ``callback(step, tokens)`` after each token (``tokens`` ``[B, block_size]``, filled
                 up to column ``step``).
