@@ -14,7 +14,8 @@ call is reported apart. Weights are random: speed does not depend on them.
 copied into this project): its ``generate`` on a model of the same preset, batch, guidance and
 threads, in the same run. ``--floor``: the time the decode steps' linear layers alone take as plain
 ``F.linear`` calls of the same shapes and dtype (every layer's projections and the head, at the
-guided batch's rows, ``block_size`` times): the memory-bound floor of a decode step on a CPU; and
+guided batch's rows, ``block_size`` times): the floor of a decode step on a CPU; the same on
+oneDNN's packed weights, which ``generate`` uses on CPU (faster where torch's default GEMM is not); and
 the time to read the KV cache's written positions at every step (what attention must read, which
 the linear floor leaves out and which grows with the batch). The last line gives ours against the
 reference and against the floors.
@@ -30,6 +31,7 @@ import time
 import torch
 
 from masc_hf.models import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration
+from masc_hf.models.ar import can_pack
 
 # Small enough for a laptop CPU, shaped like a 256 px model (16 x 16 tokens, 1000 classes).
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
@@ -110,19 +112,28 @@ def reference_generate(src, model, labels: torch.Tensor, guidance_scale: float, 
     return lambda: generate(reference, labels, config.block_size, cfg_scale=guidance_scale, cfg_interval=-1, temperature=1.0, top_k=top_k, top_p=1.0, sample_logits=True)
 
 
-def linear_floor(model, batch_size: int, guidance_scale: float):
+def linear_floor(model, batch_size: int, guidance_scale: float, packed: bool = False):
     """A callable doing only the decode steps' matrix products: for each of ``block_size`` steps, every
-    linear layer of the model (and the head) as a plain ``F.linear`` on ``[rows, 1, in]`` inputs."""
+    linear layer of the model (and the head) as a plain ``F.linear`` on ``[rows, 1, in]`` inputs
+    (``packed``: on oneDNN's packed weights, as ``generate`` runs them on CPU)."""
     rows = batch_size * (2 if guidance_scale not in (0.0, 1.0) else 1)
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {w.shape[1]: torch.randn(rows, 1, w.shape[1], device=w.device, dtype=w.dtype) for w in weights}
     steps = model.config.block_size
+    if packed:
+        from masc_hf.models.ar.cpu_linear import packed_linear
+
+        packs = [(torch.ops.mkldnn._reorder_linear_weight(w), w.shape[1], w.shape[0]) for w in weights]
 
     @torch.no_grad()
     def run():
         for _ in range(steps):
-            for w in weights:
-                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            if packed:
+                for w, size, out in packs:
+                    packed_linear(inputs[size], w, None, out)
+            else:
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
 
     return run
 
@@ -201,6 +212,8 @@ def run(args: argparse.Namespace, device: str) -> None:
         candidates["LlamaGen reference"] = reference_generate(args.reference_src, model, labels, args.guidance_scale, args.top_k)
     if args.floor:
         candidates["linear layers (floor)"] = linear_floor(model, args.batch_size, args.guidance_scale)
+        if device == "cpu" and can_pack(model):
+            candidates["packed linear layers"] = linear_floor(model, args.batch_size, args.guidance_scale, packed=True)
         candidates["KV cache reads"] = kv_read_floor(model, args.batch_size, args.guidance_scale)
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
@@ -243,6 +256,11 @@ def run(args: argparse.Namespace, device: str) -> None:
     if "KV cache reads" in results:
         memory_floor = results["linear layers (floor)"] + results["KV cache reads"]
         summary.append(f"time / (linear layers + KV cache reads): {results[ours] / memory_floor:.2f}x")
+    if "packed linear layers" in results:  # what generate's CPU linear layers run on: the stricter floors
+        summary.append(f"time / packed linear layers: {results[ours] / results['packed linear layers']:.2f}x")
+        if "KV cache reads" in results:
+            packed_floor = results["packed linear layers"] + results["KV cache reads"]
+            summary.append(f"time / (packed linear layers + KV cache reads): {results[ours] / packed_floor:.2f}x")
     if args.refiner:  # the decode's shares of generation time (goals: < 1% and < 10%)
         mode = "compiled" if {"hierarchical, compiled", "cluster ids, compiled"} <= set(results) else "eager"
         member = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])

@@ -18,6 +18,7 @@ def run_script(*args: str) -> str:
 def test_generation_benchmark_prints_the_floors_and_the_decode_shares():
     out = run_script("bench_generate.py", "--batch-size", "2", "--threads", "2", "--no-compile", "--no-baseline", "--repeats", "1", "--floor")
     assert re.search(r"time / linear-layer floor: \d+\.\d\dx \(goal <= 1\.25x\); time / \(linear layers \+ KV cache reads\): \d+\.\d\dx", out)
+    assert re.search(r"time / packed linear layers: \d+\.\d\dx; time / \(packed linear layers \+ KV cache reads\): \d+\.\d\dx", out)
     out = run_script("bench_generate.py", "--batch-size", "2", "--threads", "2", "--no-compile", "--no-baseline", "--repeats", "1",
                      "--refiner", "--refiner-width", "64", "--refiner-clusters", "4096")
     shares = re.search(r"eager: random-member decode (\d+\.\d\d)% of generation time \(goal < 1%\), refiner (\d+\.\d)% \(goal < 10%\)", out)

@@ -1,0 +1,67 @@
+"""A CPU decode step's linear layers on oneDNN's pre-packed weights.
+
+At a decode step's few rows, oneDNN's matmul over a weight reordered once into its blocked layout is
+1.5-2x faster than torch's default float32 GEMM on CPUs where that GEMM does not use the full vector
+width (MKL on this project's AMD EPYC test machine; ``benchmarks/bench_generate.py --floor`` prints
+both). Hand-written because torch exposes packed weights only inside inductor's freezing, which packs
+for MKL at float32 and bakes the weights into the graph as constants (stale after a training step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch import nn
+
+
+@torch.library.custom_op("masc_hf::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with ``packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight)``.
+    A custom op, so a compiled step calls it as it is (inductor's own lowering wants the weight as a graph constant)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x, packed_weight, bias, out_features):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def _forward(packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int, x: torch.Tensor) -> torch.Tensor:
+    return packed_linear(x, packed_weight, bias, out_features)
+
+
+def can_pack(model: nn.Module) -> bool:
+    """Whether :func:`packed_linears` applies: float32 weights on CPU, and torch built with oneDNN."""
+    weight = next(model.parameters(), None)
+    return (
+        weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    )
+
+
+@contextlib.contextmanager
+def packed_linears(model: nn.Module, keep: bool = False):
+    """Within the block, every ``nn.Linear`` of ``model`` runs on a packed copy of its weight, made
+    from the current weights. Results equal ``F.linear``'s up to float rounding. Inference only: no
+    gradient flows to the weights.
+
+    ``keep``: hold the packed copies on ``model`` between blocks (one more copy of the weights in
+    memory) and reuse them while the weights are unchanged (same storage, same version counter): a
+    compiled step sees the same tensors and does not recompile. Otherwise they are dropped on exit."""
+    kept = model.__dict__.setdefault("_packed_linear_weights", {}) if keep else {}
+    if not keep:
+        model.__dict__.pop("_packed_linear_weights", None)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__]
+    try:
+        for name, module in linears:
+            weight = module.weight
+            version = (weight.data_ptr(), weight._version, weight.shape, None if module.bias is None else module.bias._version)
+            if name not in kept or kept[name][0] != version:
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+                kept[name] = (version, functools.partial(_forward, packed, None if module.bias is None else module.bias.detach(), module.out_features))
+            module.forward = kept[name][1]
+        yield
+    finally:
+        for _, module in linears:
+            module.__dict__.pop("forward", None)

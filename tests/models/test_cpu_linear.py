@@ -1,0 +1,61 @@
+"""The CPU decode step's linear layers on oneDNN's packed weights: the same products as F.linear, the
+modules given back untouched, and never stale weights (a compiled step after a training step)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masc_hf.models import LlamaGenForImageGeneration
+from masc_hf.models.ar import can_pack, packed_linears
+from masc_hf.models.ar.cpu_linear import packed_linear
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_f_linear_eager_and_compiled(bias):
+    generator = torch.Generator().manual_seed(0)
+    layer = nn.Linear(48, 80, bias=bias)
+    x = torch.randn(6, 1, 48, generator=generator)
+    packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
+    expected = F.linear(x, layer.weight, layer.bias).detach()
+    torch.testing.assert_close(packed_linear(x, packed, None if layer.bias is None else layer.bias.detach(), 80), expected)
+    compiled = torch.compile(lambda x, w: packed_linear(x, w, None if layer.bias is None else layer.bias.detach(), 80).relu(), fullgraph=True)
+    torch.testing.assert_close(compiled(x, packed), expected.relu())
+
+
+def test_packed_linears_follow_the_weights_and_give_the_modules_back():
+    model = nn.Sequential(nn.Linear(16, 32), nn.SiLU(), nn.Linear(32, 8, bias=False))
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    assert can_pack(model) and not can_pack(model.to(torch.float64)) and can_pack(model.float())
+    with torch.no_grad():
+        with packed_linears(model, keep=True):
+            first = model(x)
+            assert isinstance(model[0].forward, type(model[2].forward)) and "forward" in model[0].__dict__
+        torch.testing.assert_close(first, model(x))
+        assert all("forward" not in m.__dict__ for m in model)  # the class's forward again
+        kept = dict(model._packed_linear_weights)
+        with packed_linears(model, keep=True):
+            assert model[0].forward is kept["0"][1]  # unchanged weights: the same packed tensors (no recompiling)
+        model[2].weight.mul_(-1)  # in place, as an optimiser step
+        with packed_linears(model, keep=True):
+            assert model[2].forward is not kept["2"][1] and model[0].forward is kept["0"][1]
+            torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
+        with packed_linears(model):
+            pass
+        assert "_packed_linear_weights" not in model.__dict__  # not kept: nothing held after the block
+
+
+def test_compiled_generation_after_a_weight_update_uses_the_new_weights(tiny_model):
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model.eval()
+    before = model.generate([1, 2], guidance_scale=4.0, top_k=1, compile=True)
+    assert torch.equal(before, model.generate([1, 2], guidance_scale=4.0, top_k=1))
+    with torch.no_grad():
+        model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(2)))
+    after = model.generate([1, 2], guidance_scale=4.0, top_k=1, compile=True)
+    assert torch.equal(after, model.generate([1, 2], guidance_scale=4.0, top_k=1))  # eager reads the weights afresh
+    assert not torch.equal(after, before)
+    assert all("forward" not in m.__dict__ for m in model.modules())
