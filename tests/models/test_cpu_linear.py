@@ -10,7 +10,7 @@ from masc_hf.models import LlamaGenForImageGeneration
 from masc_hf.models.ar import can_pack, packed_linears
 from masc_hf.models.ar.cpu_linear import packed_linear
 
-pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+pytestmark = pytest.mark.skipif(not can_pack(nn.Linear(2, 2)), reason="no oneDNN packed weights on this machine (x86 CPU, torch built with oneDNN)")
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -42,9 +42,12 @@ def test_packed_linears_follow_the_weights_and_give_the_modules_back():
         with packed_linears(model, keep=True):
             assert model[2].forward is not kept["2"][1] and model[0].forward is kept["0"][1]
             torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
-        with packed_linears(model):
-            pass
-        assert "_packed_linear_weights" not in model.__dict__  # not kept: nothing held after the block
+        with packed_linears(model):  # an eager call between compiled ones: the kept copies stay for the next
+            assert model[0].forward is model._packed_linear_weights["0"][1]
+        fresh = nn.Sequential(nn.Linear(16, 4))
+        with packed_linears(fresh):
+            torch.testing.assert_close(fresh(x), F.linear(x, fresh[0].weight, fresh[0].bias))
+        assert "_packed_linear_weights" not in fresh.__dict__  # not kept: nothing held after the block
 
 
 def test_compiled_generation_after_a_weight_update_uses_the_new_weights(tiny_model):
@@ -59,3 +62,13 @@ def test_compiled_generation_after_a_weight_update_uses_the_new_weights(tiny_mod
     assert torch.equal(after, model.generate([1, 2], guidance_scale=4.0, top_k=1))  # eager reads the weights afresh
     assert not torch.equal(after, before)
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_an_eager_call_between_compiled_ones_costs_no_recompile(tiny_model):
+    from torch._dynamo.utils import counters
+
+    tiny_model.generate([3, 4], guidance_scale=4.0, top_k=1, compile=True)
+    tiny_model.generate([3, 4], guidance_scale=4.0, top_k=1)  # eager: uses the kept packed weights, keeps them
+    before = counters["stats"]["unique_graphs"]
+    tiny_model.generate([3, 4], guidance_scale=4.0, top_k=1, compile=True)
+    assert counters["stats"]["unique_graphs"] == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 
 import torch
 from torch import nn
@@ -33,10 +34,15 @@ def _forward(packed_weight: torch.Tensor, bias: torch.Tensor | None, out_feature
 
 
 def can_pack(model: nn.Module) -> bool:
-    """Whether :func:`packed_linears` applies: float32 weights on CPU, and torch built with oneDNN."""
+    """Whether :func:`packed_linears` applies: float32 weights on an x86 CPU, and torch built with
+    oneDNN (the packed layout is measured there; other CPUs keep torch's GEMM)."""
     weight = next(model.parameters(), None)
     return (
-        weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        weight is not None
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and platform.machine().lower() in ("x86_64", "amd64")
     )
 
 
@@ -48,10 +54,11 @@ def packed_linears(model: nn.Module, keep: bool = False):
 
     ``keep``: hold the packed copies on ``model`` between blocks (one more copy of the weights in
     memory) and reuse them while the weights are unchanged (same storage, same version counter): a
-    compiled step sees the same tensors and does not recompile. Otherwise they are dropped on exit."""
-    kept = model.__dict__.setdefault("_packed_linear_weights", {}) if keep else {}
-    if not keep:
-        model.__dict__.pop("_packed_linear_weights", None)
+    compiled step sees the same tensors and does not recompile. Otherwise they are dropped on exit,
+    unless an earlier block kept some."""
+    # a block without ``keep`` still uses (and refreshes) copies kept by an earlier block: dropping them would
+    # make the next compiled step see new tensors and recompile
+    kept = model.__dict__.setdefault("_packed_linear_weights", {}) if keep else model.__dict__.get("_packed_linear_weights", {})
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__]
     try:
         for name, module in linears:

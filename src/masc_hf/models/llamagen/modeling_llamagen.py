@@ -391,6 +391,12 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
         Every sampling option left ``None`` comes from ``generation_config`` (default: the model's
         ``self.generation_config``, saved as ``generation_config.json``).
 
+        On CPU with float32 weights the linear layers run on oneDNN's packed copies of the weights
+        (:func:`~masc_hf.models.ar.packed_linears`; the same products up to float rounding, 1.5-2x
+        faster where torch's default GEMM is not vectorised for the CPU). That is one more copy of
+        the weights in memory: during the call, or kept for the next call with ``compile`` (and made
+        again when the weights change).
+
         Args:
             class_labels: ``[B]`` class ids in ``[0, num_classes)``. A tensor keeps its device (the
                 cache and the ids are made there); a list goes to the model's device.
