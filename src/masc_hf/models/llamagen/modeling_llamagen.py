@@ -494,8 +494,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             # batch shape, sampling setting and cache window is one, so a session that samples a few ways would hit it
             name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
             limits.enter_context(torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), COMPILED_GRAPHS_LIMIT)}))
-        if device.type == "cpu" and can_pack(self):  # oneDNN's packed weights: the CPU decode step's linear layers 1.5-2x faster
-            limits.enter_context(packed_linears(self, keep=compile))  # kept for a compiled step: the same tensors, no recompiling
+        for module in (self, refiner) if refiner is not None else (self,):  # oneDNN's packed weights: CPU decode matmuls 1.5-2x faster
+            if device.type == "cpu" and can_pack(module):
+                limits.enter_context(packed_linears(module, keep=compile))  # kept for a compiled step: the same tensors, no recompiling
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
