@@ -19,7 +19,7 @@ from torch import nn
 
 @torch.library.custom_op("masc_hf::packed_linear", mutates_args=())
 def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with ``packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight)``.
+    """``F.linear(x, weight, bias)`` with ``packed_weight = pack_weight(weight)``.
     A custom op, so a compiled step calls it as it is (inductor's own lowering wants the weight as a graph constant)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
 
@@ -27,6 +27,11 @@ def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tens
 @packed_linear.register_fake
 def _(x, packed_weight, bias, out_features):
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` reordered once into oneDNN's blocked layout, for :func:`packed_linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
 
 def _forward(packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +70,8 @@ def packed_linears(model: nn.Module, keep: bool = False):
             weight = module.weight
             version = (weight.data_ptr(), weight._version, weight.shape, None if module.bias is None else module.bias._version)
             if name not in kept or kept[name][0] != version:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-                kept[name] = (version, functools.partial(_forward, packed, None if module.bias is None else module.bias.detach(), module.out_features))
+                bias = None if module.bias is None else module.bias.detach()
+                kept[name] = (version, functools.partial(_forward, pack_weight(weight), bias, module.out_features))
             module.forward = kept[name][1]
         yield
     finally:

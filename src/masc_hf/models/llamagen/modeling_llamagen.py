@@ -12,7 +12,6 @@ Sequence layout: position 0 holds the class embedding, positions 1..L-1 the imag
 from __future__ import annotations
 
 import contextlib
-
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -494,8 +493,8 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             # batch shape, sampling setting and cache window is one, so a session that samples a few ways would hit it
             name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
             limits.enter_context(torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), COMPILED_GRAPHS_LIMIT)}))
-        for module in (self, refiner) if refiner is not None else (self,):  # oneDNN's packed weights: CPU decode matmuls 1.5-2x faster
-            if device.type == "cpu" and can_pack(module):
+        for module in (self, refiner):  # oneDNN's packed weights: CPU decode matmuls 1.5-2x faster
+            if module is not None and device.type == "cpu" and can_pack(module):
                 limits.enter_context(packed_linears(module, keep=compile))  # kept for a compiled step: the same tensors, no recompiling
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)
