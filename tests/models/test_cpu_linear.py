@@ -44,6 +44,9 @@ def test_packed_linears_follow_the_weights_and_give_the_modules_back():
             torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
         with packed_linears(model):  # an eager call between compiled ones: the kept copies stay for the next
             assert model[0].forward is model._packed_linear_weights["0"][1]
+        with packed_linears(model, exclude=("2",)):  # a layer the caller will not run stays as it is
+            assert "forward" in model[0].__dict__ and "forward" not in model[2].__dict__
+            torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
         fresh = nn.Sequential(nn.Linear(16, 4))
         with packed_linears(fresh):
             torch.testing.assert_close(fresh(x), F.linear(x, fresh[0].weight, fresh[0].bias))

@@ -312,6 +312,29 @@ def test_hierarchical_generate_refines_the_random_paths_cluster_ids(masc_model, 
     assert torch.equal(greedy, masc_model.generate([1, 2], top_k=1, temperature=0, refiner=trained_looking_refiner))
 
 
+def test_hierarchical_generate_packs_the_refiners_head_only_when_its_steps_run_it(masc_model, tiny_cluster_map, trained_looking_refiner, monkeypatch):
+    """On CPU the refiner's steps score the members' rows of its head (no full head: not packed); with
+    so many images that the members outnumber N they run the whole head (packed). The ids are those
+    of unpacked weights either way."""
+    from masc_hf.models.ar import can_pack, cpu_linear
+    from masc_hf.models.llamagen import modeling_llamagen
+
+    if not can_pack(trained_looking_refiner):
+        pytest.skip("no oneDNN packed weights on this machine")
+    packed = []
+    pack = cpu_linear.pack_weight
+    monkeypatch.setattr(cpu_linear, "pack_weight", lambda weight: packed.append(weight.data_ptr()) or pack(weight))
+    head, layer = trained_looking_refiner.lm_head.weight.data_ptr(), trained_looking_refiner.layers[0].mlp.down_proj.weight.data_ptr()
+    largest = int(torch.bincount(torch.as_tensor(tiny_cluster_map.mapping)).max())
+    for labels in ([1], list(range(tiny_cluster_map.num_tokens // largest + 1))):
+        packed.clear()
+        fine = masc_model.generate(labels, top_k=1, temperature=0, refiner=trained_looking_refiner)
+        assert layer in packed and (head in packed) == (largest * len(labels) > tiny_cluster_map.num_tokens)
+        with monkeypatch.context() as unpacked:
+            unpacked.setattr(modeling_llamagen, "can_pack", lambda module: False)
+            assert torch.equal(fine, masc_model.generate(labels, top_k=1, temperature=0, refiner=trained_looking_refiner))
+
+
 def test_hierarchical_generate_refuses_a_refiner_that_does_not_belong(masc_model, tiny_config, trained_looking_refiner):
     from masc_hf.errors import ClusterMapMismatchError, ModelInputError
     from masc_hf.models import LlamaGenForImageGeneration

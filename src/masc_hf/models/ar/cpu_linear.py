@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
+from collections.abc import Collection
 
 import torch
 from torch import nn
@@ -52,10 +53,13 @@ def can_pack(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def packed_linears(model: nn.Module, keep: bool = False):
+def packed_linears(model: nn.Module, keep: bool = False, exclude: Collection[str] = ()):
     """Within the block, every ``nn.Linear`` of ``model`` runs on a packed copy of its weight, made
     from the current weights. Results equal ``F.linear``'s up to float rounding. Inference only: no
     gradient flows to the weights.
+
+    ``exclude``: names (as in ``named_modules``) of linear layers left as they are, e.g. ones the
+    caller will not run: packing a weight reads and writes all of it.
 
     ``keep``: hold the packed copies on ``model`` between blocks (one more copy of the weights in
     memory) and reuse them while the weights are unchanged (same storage, same version counter): a
@@ -64,7 +68,9 @@ def packed_linears(model: nn.Module, keep: bool = False):
     # a block without ``keep`` still uses (and refreshes) copies kept by an earlier block: dropping them would
     # make the next compiled step see new tensors and recompile
     kept = model.__dict__.setdefault("_packed_linear_weights", {}) if keep else model.__dict__.get("_packed_linear_weights", {})
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__]
+    linears = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and "forward" not in m.__dict__ and name not in exclude
+    ]
     try:
         for name, module in linears:
             weight = module.weight

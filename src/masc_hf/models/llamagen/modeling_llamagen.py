@@ -495,7 +495,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             limits.enter_context(torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), COMPILED_GRAPHS_LIMIT)}))
         for module in (self, refiner):  # oneDNN's packed weights: CPU decode matmuls 1.5-2x faster
             if module is not None and device.type == "cpu" and can_pack(module):
-                limits.enter_context(packed_linears(module, keep=compile))  # kept for a compiled step: the same tensors, no recompiling
+                # not the refiner's head when its steps score the members' rows only (packing it would read all N rows)
+                unused = ("lm_head",) if module is refiner and refiner.member_rows_table(batch_size) is not None else ()
+                limits.enter_context(packed_linears(module, keep=compile, exclude=unused))  # kept for a compiled step: no recompiling
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)
             tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)

@@ -251,8 +251,8 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
         shapes at every step and no host sync or input check: compiles with ``fullgraph=True``.
         """
         inputs = self._embed(hidden_states[:, None], coarse_ids[:, None], previous_fine_ids[:, None])
-        table = self.member_table() if restrict else None
-        if table is None or table.numel() // self.config.num_clusters * coarse_ids.shape[0] > self.config.num_tokens:
+        table = self.member_rows_table(coarse_ids.shape[0]) if restrict else None
+        if table is None:
             logits = self._decoder(inputs, cache_position, cache)[:, -1]
             return self.restrict_to_cluster(logits, coarse_ids) if restrict else logits
         # the head's rows of the members only (a cluster of 2 reads 2 rows of the N): the same logits
@@ -264,6 +264,12 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
         member_logits = member_logits.masked_fill(members == self.config.num_tokens, float("-inf"))
         logits = member_logits.new_full((coarse_ids.shape[0], self.config.num_tokens + 1), float("-inf"))
         return logits.scatter(1, members, member_logits)[:, :-1]
+
+    def member_rows_table(self, rows: int) -> torch.Tensor | None:
+        """The :meth:`member_table` when :meth:`refine_step` over ``rows`` images scores the members' rows
+        of the head only (fewer than the N rows of the full head), else ``None`` (it then runs ``lm_head``)."""
+        table = self.member_table()
+        return None if table is None or table.shape[1] * rows > self.config.num_tokens else table
 
     def member_table(self) -> torch.Tensor | None:
         """``[k, M]`` the members of every cluster in increasing id order, padded with N (M: the largest
