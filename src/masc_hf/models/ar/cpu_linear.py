@@ -18,16 +18,32 @@ import torch
 from torch import nn
 
 
-@torch.library.custom_op("masc_hf::packed_linear", mutates_args=())
-def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with ``packed_weight = pack_weight(weight)``.
-    A custom op, so a compiled step calls it as it is (inductor's own lowering wants the weight as a graph constant)."""
+# The op is defined with torch.library's low-level API rather than ``torch.library.custom_op``: a
+# compiled graph then calls the kernel about 15 us sooner per call (61 calls per GPT-B decode step).
+_LIBRARY = torch.library.Library("masc_hf", "FRAGMENT")
+_LIBRARY.define("packed_linear(Tensor x, Tensor packed_weight, Tensor? bias, int out_features) -> Tensor")
+
+
+def _packed_linear_kernel(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
 
 
-@packed_linear.register_fake
+_LIBRARY.impl("packed_linear", _packed_linear_kernel, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("masc_hf::packed_linear")
 def _(x, packed_weight, bias, out_features):
     return x.new_empty(*x.shape[:-1], out_features)
+
+
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with ``packed_weight = pack_weight(weight)``.
+
+    A compiled step calls it as the op ``masc_hf::packed_linear``, as it is (inductor's own lowering of
+    oneDNN's linear wants the weight as a graph constant); an eager call goes straight to oneDNN."""
+    if torch.compiler.is_compiling():
+        return torch.ops.masc_hf.packed_linear(x, packed_weight, bias, out_features)
+    return _packed_linear_kernel(x, packed_weight, bias, out_features)
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
