@@ -285,7 +285,7 @@ def test_bf16_and_gradient_checkpointing(small_model):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     plain = model(semantic, detail, labels, force_drop_ids=torch.zeros(2, dtype=torch.bool), return_loss=True).loss
-    model.gradient_checkpointing_enable()
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()  # newer / older transformers name
     checkpointed = model(semantic, detail, labels, force_drop_ids=torch.zeros(2, dtype=torch.bool), return_loss=True)
     torch.testing.assert_close(checkpointed.loss, plain)
     checkpointed.loss.backward()

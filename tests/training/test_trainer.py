@@ -160,3 +160,19 @@ def test_eval_fn_runs_on_schedule_in_eval_mode_and_survives_resume(codes_dir, tm
     # a training loop without eval_fn writes no eval log
     train(**args_for(codes_dir, tmp_path / "c", model_config_file, max_steps=2))
     assert not (tmp_path / "c" / "eval_history.json").exists()
+
+
+def test_gradient_checkpointing_trains_the_same_without_deprecation_warnings(codes_dir, tmp_path, model_config_file):
+    """--gradient-checkpointing recomputes the layers in the backward pass: the same losses (dropout's
+    RNG state is replayed), and transformers' current API (no FutureWarning from a deprecated name)."""
+    import warnings
+
+    plain = train(**args_for(codes_dir, tmp_path / "plain", model_config_file, max_steps=4))
+    setup = args_for(codes_dir, tmp_path / "checkpointed", model_config_file, max_steps=4, gradient_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        checkpointed = train(**setup)
+    assert setup["model"].is_gradient_checkpointing
+    assert len(checkpointed["history"]) == len(plain["history"]) == 2
+    for a, b in zip(plain["history"], checkpointed["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)

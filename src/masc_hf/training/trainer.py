@@ -619,7 +619,8 @@ def train(
     set_seed(args.seed)
     dataloader = _dataloader(train_dataset, args, accelerator.num_processes)
     if args.gradient_checkpointing:
-        (model.model if refiner is not None else model).gradient_checkpointing_enable()
+        target = model.model if refiner is not None else model  # transformers' newer name, else the deprecated one
+        (getattr(target, "activation_checkpointing_enable", None) or target.gradient_checkpointing_enable)()
     if args.compile:  # in place (nn.Module.compile): parameter names, checkpoints and the saved model stay as they are
         model.compile()
     model, optimizer, scheduler, dataloader, ema, total_steps = _prepare(accelerator, model, dataloader, args)
