@@ -172,7 +172,8 @@ def test_gradient_checkpointing_trains_the_same_without_deprecation_warnings(cod
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         checkpointed = train(**setup)
-    assert setup["model"].is_gradient_checkpointing
+    model = setup["model"]
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing  # newer / older name
     assert len(checkpointed["history"]) == len(plain["history"]) == 2
     for a, b in zip(plain["history"], checkpointed["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
