@@ -32,7 +32,7 @@ import torch
 
 from masc_hf.models import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration
 from masc_hf.models.ar import can_pack
-from masc_hf.models.ar.cpu_linear import pack_weight, packed_linear
+from masc_hf.models.ar.cpu_linear import linear_on_packed, pack_weight
 
 # Small enough for a laptop CPU, shaped like a 256 px model (16 x 16 tokens, 1000 classes).
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
@@ -121,14 +121,14 @@ def linear_floor(model, batch_size: int, guidance_scale: float, packed: bool = F
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {w.shape[1]: torch.randn(rows, 1, w.shape[1], device=w.device, dtype=w.dtype) for w in weights}
     steps = model.config.block_size
-    packs = [(pack_weight(w), w.shape[1], w.shape[0]) for w in weights] if packed else []
+    packs = [(pack_weight(w), w.shape[1]) for w in weights] if packed else []
 
     @torch.no_grad()
     def run():
         for _ in range(steps):
             if packed:
-                for w, size, out in packs:
-                    packed_linear(inputs[size], w, None, out)
+                for w, size in packs:
+                    linear_on_packed(inputs[size], w)
             else:
                 for w in weights:
                     torch.nn.functional.linear(inputs[w.shape[1]], w)

@@ -8,21 +8,30 @@ from torch import nn
 
 from masc_hf.models import LlamaGenForImageGeneration
 from masc_hf.models.ar import can_pack, packed_linears
+from masc_hf.models.ar import cpu_linear
 from masc_hf.models.ar.cpu_linear import packed_linear
 
 pytestmark = pytest.mark.skipif(not can_pack(nn.Linear(2, 2)), reason="no oneDNN packed weights on this machine (x86 CPU, torch built with oneDNN)")
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_linear_equals_f_linear_eager_and_compiled(bias):
+def test_packed_linear_equals_f_linear_eager_and_compiled(bias, monkeypatch):
+    calls = []
+    on_packed = cpu_linear.linear_on_packed
+    monkeypatch.setattr(cpu_linear, "linear_on_packed", lambda *args: calls.append(1) or on_packed(*args))
     generator = torch.Generator().manual_seed(0)
     layer = nn.Linear(48, 80, bias=bias)
     x = torch.randn(6, 1, 48, generator=generator)
-    packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
     expected = F.linear(x, layer.weight, layer.bias).detach()
-    torch.testing.assert_close(packed_linear(x, packed, None if layer.bias is None else layer.bias.detach(), 80), expected)
-    compiled = torch.compile(lambda x, w: packed_linear(x, w, None if layer.bias is None else layer.bias.detach(), 80).relu(), fullgraph=True)
-    torch.testing.assert_close(compiled(x, packed), expected.relu())
+    compiled = torch.compile(lambda x, w, b: packed_linear(x, w, b).relu(), fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear(x, layer.weight, layer.bias), expected)  # no packed copy: F.linear
+        assert not calls
+        with packed_linears(layer):
+            torch.testing.assert_close(packed_linear(x, layer.weight, layer.bias), expected)
+            torch.testing.assert_close(compiled(x, layer.weight, layer.bias), expected.relu())
+            assert len(calls) == 2  # both on the packed copy
+        assert cpu_linear._PACKED.get(cpu_linear._key(layer.weight)) is None  # dropped with the block
 
 
 def test_packed_linears_follow_the_weights_and_give_the_modules_back():
@@ -33,17 +42,20 @@ def test_packed_linears_follow_the_weights_and_give_the_modules_back():
         with packed_linears(model, keep=True):
             first = model(x)
             assert isinstance(model[0].forward, type(model[2].forward)) and "forward" in model[0].__dict__
+            forwards = (model[0].forward, model[2].forward)
         torch.testing.assert_close(first, model(x))
         assert all("forward" not in m.__dict__ for m in model)  # the class's forward again
         kept = dict(model._packed_linear_weights)
         with packed_linears(model, keep=True):
-            assert model[0].forward is kept["0"][1]  # unchanged weights: the same packed tensors (no recompiling)
+            assert model._packed_linear_weights["0"] is kept["0"]  # unchanged weights: the same packed tensors
+            assert (model[0].forward, model[2].forward) == forwards  # and the same forwards (no recompiling)
         model[2].weight.mul_(-1)  # in place, as an optimiser step
         with packed_linears(model, keep=True):
-            assert model[2].forward is not kept["2"][1] and model[0].forward is kept["0"][1]
+            assert model._packed_linear_weights["2"] is not kept["2"] and model._packed_linear_weights["0"] is kept["0"]
+            assert (model[0].forward, model[2].forward) == forwards
             torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
         with packed_linears(model):  # an eager call between compiled ones: the kept copies stay for the next
-            assert model[0].forward is model._packed_linear_weights["0"][1]
+            assert model._packed_linear_weights["0"] is kept["0"]
         with packed_linears(model, exclude=("2",)):  # a layer the caller will not run stays as it is
             assert "forward" in model[0].__dict__ and "forward" not in model[2].__dict__
             torch.testing.assert_close(model(x), F.linear(model[1](model[0](x)), model[2].weight))
@@ -51,6 +63,7 @@ def test_packed_linears_follow_the_weights_and_give_the_modules_back():
         with packed_linears(fresh):
             torch.testing.assert_close(fresh(x), F.linear(x, fresh[0].weight, fresh[0].bias))
         assert "_packed_linear_weights" not in fresh.__dict__  # not kept: nothing held after the block
+        assert cpu_linear._PACKED.get(cpu_linear._key(fresh[0].weight)) is None
 
 
 def test_compiled_generation_after_a_weight_update_uses_the_new_weights(tiny_model):
