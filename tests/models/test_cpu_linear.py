@@ -67,10 +67,14 @@ def test_packed_linears_follow_the_weights_and_give_the_modules_back():
 
 
 def test_compiled_generation_after_a_weight_update_uses_the_new_weights(tiny_model):
+    from torch._dynamo.utils import counters
+
     model = LlamaGenForImageGeneration(tiny_model.config)
     model.load_state_dict(tiny_model.state_dict())
     model.eval()
+    bypassed = counters["inductor"]["fxgraph_cache_bypass"]
     before = model.generate([1, 2], guidance_scale=4.0, top_k=1, compile=True)
+    assert counters["inductor"]["fxgraph_cache_bypass"] == bypassed  # no packed tensor in the graph: cacheable
     assert torch.equal(before, model.generate([1, 2], guidance_scale=4.0, top_k=1))
     with torch.no_grad():
         model.lm_head.weight.add_(torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(2)))
