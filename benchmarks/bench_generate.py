@@ -31,8 +31,7 @@ import time
 import torch
 
 from masc_hf.models import LLAMAGEN_PRESETS, LlamaGenConfig, LlamaGenForImageGeneration
-from masc_hf.models.ar import can_pack
-from masc_hf.models.ar.cpu_linear import linear_on_packed, pack_weight
+from masc_hf.models.ar.cpu_linear import can_pack, linear_on_packed, pack_weight
 
 # Small enough for a laptop CPU, shaped like a 256 px model (16 x 16 tokens, 1000 classes).
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)

@@ -423,7 +423,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 decode step's memory traffic at large batches. The tokens are the same as with 1.
                 Meant for CUDA: a compiled CPU step keeps the values along positions (it attends by
                 two reductions at about memory speed), and a prefix of each row costs about as much
-                to read as the whole row there.
+                to read as the whole row there, so only the keys' reads shrink (3-7% faster measured).
             progress_bar: show a tqdm bar over the decode steps.
             callback: ``callback(step, tokens)`` after each token (``tokens`` ``[B, block_size]``, filled
                 up to column ``step``).
@@ -495,8 +495,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             limits.enter_context(torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), COMPILED_GRAPHS_LIMIT)}))
         for module in (self, refiner):  # oneDNN's packed weights: CPU decode matmuls 1.5-2x faster
             if module is not None and device.type == "cpu" and can_pack(module):
-                # not the refiner's head when its steps score the members' rows only (packing it would read all N rows)
-                unused = ("lm_head",) if module is refiner and refiner.member_rows_table(batch_size) is not None else ()
+                unused = refiner.unused_decode_linears(batch_size) if module is refiner else ()  # packing reads every weight
                 limits.enter_context(packed_linears(module, keep=compile, exclude=unused))  # kept for a compiled step: no recompiling
         try:
             cache = self._generation_cache(rows.shape[0], device, keep=compile)

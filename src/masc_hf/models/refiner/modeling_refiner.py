@@ -271,6 +271,11 @@ class MASCRefiner(MASCRefinerPreTrainedModel):
         table = self.member_table()
         return None if table is None or table.shape[1] * rows > self.config.num_tokens else table
 
+    def unused_decode_linears(self, rows: int) -> tuple[str, ...]:
+        """Names of the linear layers :meth:`refine_step` over ``rows`` images never runs: the head when
+        the step scores the members' rows only (a caller preparing the layers can skip it)."""
+        return ("lm_head",) if self.member_rows_table(rows) is not None else ()
+
     def member_table(self) -> torch.Tensor | None:
         """``[k, M]`` the members of every cluster in increasing id order, padded with N (M: the largest
         cluster), built from ``token_cluster`` when first needed (a host sync) and kept until the map
