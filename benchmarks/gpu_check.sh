@@ -11,6 +11,8 @@
 #   ONLY="generate_GPT-B-256 train_GPT-B-256" bash benchmarks/gpu_check.sh   # rerun some checks
 #
 # A dry run without a GPU: DEVICE=cpu PRESETS=tiny BATCH=4 DTYPE=float32 MAP_N=2048 WHEELS=none RESULTS=/tmp/dry bash benchmarks/gpu_check.sh
+# Before a GPU run, with that machine's torch and no GPU: python benchmarks/cuda_compile_check.py --preset GPT-XL-256
+# compiles every compiled generate of this script for sm_90 (inductor + Triton, CUDA graphs on).
 #
 # Offline machines: wheels of missing packages (diffusers, fastcluster) placed in .whl/ are installed
 # under /tmp first; without an installed masc_hf, src/ goes on PYTHONPATH.

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -29,3 +32,40 @@ def test_training_benchmark_runs_ours_under_autocast():
     out = run_script("bench_train.py", "--preset", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--autocast", "bfloat16")
     assert "float32 weights, bfloat16 autocast" in out
     assert re.search(r"ours\s+\d+\.\d+ s/step .* tokens/s", out)
+
+
+def test_the_decode_step_compiles_for_cuda_without_a_gpu():
+    """cuda_compile_check.py: generate(compile=True)'s steps through inductor's CUDA code generation and
+    Triton's compiler on fake CUDA tensors, with CUDA graphs; skipped where torch cannot fake the device."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cuda_compile_check.py"), "--preset", "tiny", "--batch-size", "4", "--only", "sampled,top-p,refiner"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode == 3:
+        pytest.skip(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert re.findall(r"^ok    (\S+): 1 graph with CUDA graphs", result.stdout, re.M) == ["sampled", "top-p", "refiner"]
+    assert result.stdout.strip().endswith("3 of 3 configurations compile for CUDA")
+
+
+def test_the_cuda_compile_check_fails_a_step_with_host_work(monkeypatch):
+    """A decode step that samples on the host would run as CUDA graphs split around it: the check says so."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import cuda_compile_check as check
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from masc_hf.models.llamagen import modeling_llamagen
+
+    sample = modeling_llamagen.sample_next_token
+    monkeypatch.setattr(modeling_llamagen, "sample_next_token", lambda logits, *args: sample(logits.cpu(), *args).to(logits.device))
+    try:
+        with check.FakeCuda():
+            check.check_the_fake()
+            with pytest.raises(Exception) as failure:  # dynamo wraps what its backend raised
+                check.check_configuration("greedy", "tiny", 4, torch.bfloat16)
+    except check.CannotCheck as error:
+        pytest.skip(str(error))
+    finally:
+        torch._dynamo.reset()
+    assert re.fullmatch(r"AssertionError: the step computes on the host \(cpu, .*\): CUDA graphs would be split around it", check.innermost_error(failure.value))
