@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--image-size-eval", type=int, help="resize samples (bicubic) to this side, e.g. 256 for a 384 px model vs ADM's 256 px reference")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="transformer weights dtype (recorded; changes the images)")
+    parser.add_argument("--compile", action="store_true", help="MASCPipeline: the compiled decode step (CUDA graphs on a GPU; the same images up to float rounding)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU; with several processes launch with --multi_gpu (gloo)")
     args = parser.parse_args(argv)
     if args.npz and not args.npz.endswith(".npz"):
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         num_processes=state.num_processes,
         image_size_eval=args.image_size_eval,
         progress=state.is_main_process,
+        compile=args.compile,
     )
     state.wait_for_everyone()
     if state.is_main_process:

@@ -228,6 +228,22 @@ def test_a_resume_with_another_batch_size_keeps_each_image_up_to_rounding(pipe, 
         assert np.abs(got - want).max() <= 1  # the same tokens; the decoder's batch-of-1 kernel rounds differently
 
 
+def test_compiled_sampling_draws_the_eager_images_and_resumes_an_eager_run(pipe, reference_run, tmp_path, caplog):
+    """compile=True: the MASC pipeline's compiled decode step (torch.compile, packed weights on CPU);
+    each image has its own generator, so the images are the eager run's."""
+    reference, expected = reference_run
+    out = tmp_path / "compiled"
+    report = sample_images(pipe, out, batch_size=4, progress=False, compile=True, **RUN)
+    assert report["generated"] == 6 and json.loads((out / "sampling.json").read_text())["compile"] is True
+    assert folder_bytes(out) == expected
+    resumed = tmp_path / "resumed"  # an eager run finished by a compiled one: allowed, and said
+    shutil.copytree(reference, resumed)
+    (resumed / "000002.png").unlink()
+    assert sample_images(pipe, resumed, batch_size=4, progress=False, compile=True, **RUN)["generated"] == 1
+    assert "compile False -> True" in caplog.text
+    assert folder_bytes(resumed) == expected
+
+
 def test_two_processes_write_what_one_process_writes(pipe, tmp_path):
     """Batches of the same shape (3 images) in one process or spread over two: the same bytes."""
     sample_images(pipe, tmp_path / "one", batch_size=3, progress=False, **RUN)

@@ -111,6 +111,9 @@ def test_sample_images_records_and_resumes_iar2_settings(pipe, tmp_path):
         sample_images(pipe, tmp_path / "s", **{**options, "semantic_guidance": (1.0, 4.0)})
     with pytest.raises(SampleError, match="IAR2Pipeline has no guidance_scale"):
         sample_images(pipe, tmp_path / "t", num_per_class=1, guidance_scale=2.0, progress=False)
+    with pytest.raises(SampleError, match=r"compile=True \(--compile\) applies to a MASCPipeline; an IAR2Pipeline.s model has no compiled decode step"):
+        sample_images(pipe, tmp_path / "u", num_per_class=1, compile=True, progress=False)
+    assert not (tmp_path / "u").exists()  # refused before anything is written
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch, diffusers and accelerate
@@ -130,6 +133,9 @@ def test_sample_recipe_loads_an_iar2_pipeline(pipe, tmp_path):
     assert np.load(tmp_path / "out.npz")["arr_0"].shape == (3, 8, 8, 3)
     bad = subprocess.run(command[:-5] + ["--cfg-scale", "4", "--cpu", "--out", str(tmp_path / "bad")], env=env, capture_output=True, text=True, timeout=180)
     assert bad.returncode == 2 and "IAR2Pipeline has no guidance_scale" in bad.stderr and "Traceback" not in bad.stderr
+    compiled = subprocess.run(command + ["--compile", "--out", str(tmp_path / "compiled")], env=env, capture_output=True, text=True, timeout=180)
+    assert compiled.returncode == 2 and "Traceback" not in compiled.stderr
+    assert "compile=True (--compile) applies to a MASCPipeline" in compiled.stderr.strip().splitlines()[-1]
 
 
 def PIL_open(path):

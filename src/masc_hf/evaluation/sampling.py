@@ -107,6 +107,7 @@ def sample_images(
     semantic_guidance: Sequence[float] | float | None = None,
     detail_guidance: Sequence[float] | float | None = None,
     attention_guidance_weight: float | None = None,
+    compile: bool = False,
 ) -> dict:
     """Draw this process's share of ``num_per_class`` images per class into ``out_dir`` (resumable).
 
@@ -128,6 +129,10 @@ def sample_images(
         progress: show a progress bar.
         semantic_guidance, detail_guidance, attention_guidance_weight: an IAR2Pipeline's guidance
             (``guidance_scale`` is then not used); ``None`` takes the model's defaults, recorded as values.
+        compile: a MASCPipeline's compiled decode step (``MASCPipeline(..., compile=True)``): much
+            faster on a GPU over a whole run, after one compilation per batch shape; the images are
+            the eager ones up to float rounding (each image has its own generator). Recorded, like
+            ``batch_size``, not required to match when resuming.
 
     Returns:
         ``{"out_dir", "num_images", "generated", "skipped", "settings"}``: the run's image count,
@@ -145,6 +150,8 @@ def sample_images(
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise SampleError(f"process_index {process_index!r} is outside [0, {num_processes}) processes")
     image_seed(seed, 0)  # checks the seed
+    if compile and _is_iar2(pipe):
+        raise SampleError("compile=True (--compile) applies to a MASCPipeline; an IAR2Pipeline's model has no compiled decode step, so drop it")
     num_classes = pipe.transformer.config.num_classes
     labels = list(range(num_classes)) if class_labels is None else pipe.get_label_ids(list(class_labels))
     if not labels:
@@ -155,7 +162,7 @@ def sample_images(
     if image_size_eval is not None:
         _check_positive_int("image_size_eval", image_size_eval)
         settings.update(generated_size=settings["image_size"], image_size=image_size_eval, resize="bicubic")
-    settings.update(batch_size=batch_size, num_processes=num_processes)  # recorded, not required to match
+    settings.update(batch_size=batch_size, num_processes=num_processes, compile=bool(compile))  # recorded, not required to match
 
     out_dir.mkdir(parents=True, exist_ok=True)
     new_run = _check_resume(out_dir, settings)
@@ -172,7 +179,7 @@ def sample_images(
     if _is_iar2(pipe):
         sampling.update({name: settings[name] for name in IAR2_GUIDANCE})
     else:
-        sampling.update(guidance_scale=settings["guidance_scale"])
+        sampling.update(guidance_scale=settings["guidance_scale"], compile=bool(compile))
     bar = tqdm(total=len(mine), initial=len(done), desc="sampling", unit="img", disable=not progress)
     for batch in batches:
         generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in batch]
@@ -279,11 +286,13 @@ def _check_resume(folder: Path, settings: dict) -> bool:
             "settings, or sample into a new folder"
         )
     changed = [
-        f"{name} {existing.get(name)} -> {settings[name]}" for name in ("batch_size", "num_processes") if existing.get(name) != settings[name]
+        f"{name} {existing.get(name)} -> {settings[name]}"
+        for name in ("batch_size", "num_processes", "compile")
+        if existing.get(name, False if name == "compile" else None) != settings[name]
     ]
     if changed:
         logger.warning(
-            "resuming %s with %s: every image keeps its seed, but batches of another shape may round differently, "
+            "resuming %s with %s: every image keeps its seed, but batches of another shape or a compiled step may round differently, "
             "so an image can differ slightly from what the first run would have drawn",
             folder, ", ".join(changed),
         )

@@ -83,6 +83,7 @@ class MASCPipeline(ClassConditionalPipeline):
         return_dict: bool = True,
         cfg_interval: int | None = None,
         decoding: str = "random",
+        compile: bool = False,
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict | None] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ImagePipelineOutput | tuple:
@@ -107,6 +108,11 @@ class MASCPipeline(ClassConditionalPipeline):
             decoding: how a MASC transformer's cluster ids become codebook ids: ``"random"`` (a uniform
                 random member, the paper's default) or ``"hierarchical"`` (the ``refiner`` picks the
                 member from the transformer's state; see ``LlamaGenForImageGeneration.generate``).
+            compile: run the transformer's decode step compiled (``generate(compile=True)``: one
+                ``torch.compile``d step with CUDA graphs on CUDA, on packed weights on CPU). The first
+                call for a batch shape compiles it (tens of seconds); later calls reuse it. With one
+                generator per image the images are the eager ones (up to float rounding); with a single
+                generator they are reproducible but not the eager draws.
             callback_on_step_end: called after each token as ``callback_on_step_end(self, step,
                 step, callback_kwargs)`` with ``callback_kwargs["tokens"]`` the model ids so far
                 ``[B, block_size]`` (filled up to column ``step``), as diffusers pipelines call it.
@@ -161,6 +167,7 @@ class MASCPipeline(ClassConditionalPipeline):
             model_ids = self.transformer.generate(
                 labels, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                 generator=generator, cfg_interval=cfg_interval, callback=on_token, refiner=self.refiner if hierarchical else None,
+                compile=compile,
             )
 
         # 2. cluster ids -> codebook ids: a random member of each cluster (the MASC paper's default), or
