@@ -239,6 +239,9 @@ def test_compiled_sampling_draws_the_eager_images_and_resumes_an_eager_run(pipe,
     resumed = tmp_path / "resumed"  # an eager run finished by a compiled one: allowed, and said
     shutil.copytree(reference, resumed)
     (resumed / "000002.png").unlink()
+    older = json.loads((resumed / "sampling.json").read_text())
+    del older["compile"]  # written before the option existed: an eager run
+    (resumed / "sampling.json").write_text(json.dumps(older))
     assert sample_images(pipe, resumed, batch_size=4, progress=False, compile=True, **RUN)["generated"] == 1
     assert "compile False -> True" in caplog.text
     assert folder_bytes(resumed) == expected

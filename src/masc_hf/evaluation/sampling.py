@@ -129,7 +129,7 @@ def sample_images(
         progress: show a progress bar.
         semantic_guidance, detail_guidance, attention_guidance_weight: an IAR2Pipeline's guidance
             (``guidance_scale`` is then not used); ``None`` takes the model's defaults, recorded as values.
-        compile: a MASCPipeline's compiled decode step (``MASCPipeline(..., compile=True)``): much
+        compile: a MASCPipeline's compiled decode step (``pipe(..., compile=True)``): much
             faster on a GPU over a whole run, after one compilation per batch shape; the images are
             the eager ones up to float rounding (each image has its own generator). Recorded, like
             ``batch_size``, not required to match when resuming.
@@ -285,11 +285,9 @@ def _check_resume(folder: Path, settings: dict) -> bool:
             f"{folder} holds samples drawn with other settings ({'; '.join(differences)}); resume with the same "
             "settings, or sample into a new folder"
         )
-    changed = [
-        f"{name} {existing.get(name)} -> {settings[name]}"
-        for name in ("batch_size", "num_processes", "compile")
-        if existing.get(name, False if name == "compile" else None) != settings[name]
-    ]
+    before = {name: existing.get(name) for name in ("batch_size", "num_processes")}
+    before["compile"] = existing.get("compile", False)  # a sampling.json older than the option: an eager run
+    changed = [f"{name} {value} -> {settings[name]}" for name, value in before.items() if value != settings[name]]
     if changed:
         logger.warning(
             "resuming %s with %s: every image keeps its seed, but batches of another shape or a compiled step may round differently, "
