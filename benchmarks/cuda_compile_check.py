@@ -6,8 +6,10 @@ activation are fake CUDA tensors (``FakeTensorMode``), ``generate`` runs its who
 each decode-step graph goes through inductor's lowering, its Triton code generation and Triton's
 compiler down to ``sm_90`` cubins, with the options of ``mode="reduce-overhead"``; a graph that CUDA
 graphs would skip fails. Only loading and running the kernels need the GPU (and the choices inductor
-makes by timing on it are off). The configurations are those ``gpu_check.sh`` and ``cuda_parity.py``
-run: bf16, batch 64, guidance 4.
+makes by timing on it are off). One difference from a real GPU: without a device to ask, SDPA's
+backend choice falls back to its math path (bmm and softmax in float32), where an H200 calls an
+attention kernel, so the attention is compiled differently. The configurations are those
+``gpu_check.sh`` and ``cuda_parity.py`` run: bf16, batch 64, guidance 4.
 
     python benchmarks/cuda_compile_check.py                            # GPT-B-256, every configuration
     python benchmarks/cuda_compile_check.py --preset GPT-XL-256 --only sampled,refiner
