@@ -6,10 +6,10 @@ activation are fake CUDA tensors (``FakeTensorMode``), ``generate`` runs its who
 each decode-step graph goes through inductor's lowering, its Triton code generation and Triton's
 compiler down to ``sm_90`` cubins, with the options of ``mode="reduce-overhead"``; a graph that CUDA
 graphs would skip fails. Only loading and running the kernels need the GPU (and the choices inductor
-makes by timing on it are off). One difference from a real GPU: without a device to ask, SDPA's
-backend choice falls back to its math path (bmm and softmax in float32), where an H200 calls an
-attention kernel, so the attention is compiled differently. The configurations are those
-``gpu_check.sh`` and ``cuda_parity.py`` run: bf16, batch 64, guidance 4.
+makes by timing on it are off). SDPA's backend choice asks the device too, and without one falls
+back to its math path (bmm and softmax in float32); the check gives a masked SDPA what a GPU picks for
+it, efficient attention, so the decode step's attention is the extern kernel call a GPU makes. The
+configurations are those ``gpu_check.sh`` and ``cuda_parity.py`` run: bf16, batch 64, guidance 4.
 
     python benchmarks/cuda_compile_check.py                            # GPT-B-256, every configuration
     python benchmarks/cuda_compile_check.py --preset GPT-XL-256 --only sampled,refiner
@@ -127,6 +127,22 @@ class _FakeTritonDriver:
         return torch.device("cuda", 0)
 
 
+def _sdpa_as_on_a_gpu(sdpa):
+    """SDPA as a GPU runs a masked one: its backend choice asks the device, which a fake lacks (it then
+    takes the math path); with a mask, a GPU takes efficient attention, given the mask as an additive bias."""
+
+    def attend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is None or query.device.type != "cuda" or enable_gqa:
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        bias = attn_mask
+        if bias.dtype == torch.bool:  # as torch's convert_boolean_attn_mask: 0 where kept, -inf where masked
+            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(~bias, float("-inf"))
+        bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, bias, False, dropout_p, is_causal, scale=scale)[0]
+
+    return attend
+
+
 class FakeCuda(contextlib.ExitStack):
     """torch and Triton answer as if one H200 were present; kernels compile to cubins but are never loaded."""
 
@@ -161,6 +177,7 @@ class FakeCuda(contextlib.ExitStack):
             (type(triton_driver), "active", property(lambda self: driver)),
             (triton_helpers, "set_driver_to_gpu", lambda: None),  # generated modules call it on import
             (CachingAutotuner, "_make_launchers", lambda self: None),  # loading a cubin needs the device
+            (torch.nn.functional, "scaled_dot_product_attention", _sdpa_as_on_a_gpu(torch.nn.functional.scaled_dot_product_attention)),
         ]
         try:
             for owner, name, value in patches:
