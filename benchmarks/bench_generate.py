@@ -35,6 +35,7 @@ from masc_hf.models.ar.cpu_linear import can_pack, linear_on_packed, pack_weight
 
 # Small enough for a laptop CPU, shaped like a 256 px model (16 x 16 tokens, 1000 classes).
 TINY = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, vocab_size=16384, block_size=256)
+REFINER_CLUSTERS, REFINER_WIDTH = 8192, 512  # --refiner's MASC model (k = N / 2) and refiner width (the paper's)
 
 
 def build_model(preset: str, device: str, dtype: torch.dtype, num_clusters: int | None = None):
@@ -289,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled decode step")
     parser.add_argument("--cache-windows", type=int, default=1, help="also time generate(compile=True, cache_windows=N) (N > 1)")
     parser.add_argument("--refiner", action="store_true", help="MASC model: random-member against hierarchical decoding (the refiner's cost)")
-    parser.add_argument("--refiner-clusters", type=int, default=8192, help="k of the MASC model with --refiner (default 8192 = N/2)")
-    parser.add_argument("--refiner-width", type=int, default=512, help="refiner width (the paper's 512)")
+    parser.add_argument("--refiner-clusters", type=int, default=REFINER_CLUSTERS, help="k of the MASC model with --refiner (default 8192 = N/2)")
+    parser.add_argument("--refiner-width", type=int, default=REFINER_WIDTH, help="refiner width (the paper's 512)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

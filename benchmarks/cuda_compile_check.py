@@ -35,11 +35,10 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generate import build_model, build_refiner  # noqa: E402
+from bench_generate import REFINER_CLUSTERS, REFINER_WIDTH, build_model, build_refiner  # noqa: E402
 
 from masc_hf.models import LLAMAGEN_PRESETS  # noqa: E402
 
-MASC_CLUSTERS = 8192  # bench_generate.py --refiner's k (N / 2)
 # name: (MASC model with a refiner's map, generate() options); what gpu_check.sh / cuda_parity.py run
 CONFIGURATIONS = {
     "sampled": (False, {}),  # the generation benchmark: top-k 0, temperature 1, one generator's uniforms
@@ -212,10 +211,10 @@ def check_configuration(name: str, preset: str, batch_size: int, dtype: torch.dt
     masc, options = CONFIGURATIONS[name]
     options = dict(options)
     with torch.device("meta"):  # sizes only: nothing is allocated for the backbone's weights
-        model, cluster_map = build_model(preset, "meta", dtype, num_clusters=MASC_CLUSTERS if masc else None)
+        model, cluster_map = build_model(preset, "meta", dtype, num_clusters=REFINER_CLUSTERS if masc else None)
     refiner = None
     if options.pop("refiner", False):
-        refiner = build_refiner(model, cluster_map, 512, "cpu", torch.float32)  # small: its member table is built for real
+        refiner = build_refiner(model, cluster_map, REFINER_WIDTH, "cpu", torch.float32)  # small: its member table is built for real
         table = refiner.member_table()
     compiled = FakeDeviceBackend()
     real_compile = torch.compile
@@ -264,11 +263,6 @@ def innermost_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def _usage(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="GPT-B-256", help="GPT-B-256, GPT-L-256, GPT-XL-256, ... or tiny")
@@ -280,11 +274,11 @@ def main() -> int:
     names = [name for name in args.only.split(",") if name]
     unknown = [name for name in names if name not in CONFIGURATIONS]
     if unknown or not names:
-        return _usage(f"--only {args.only!r}: no such configuration; choose from {', '.join(CONFIGURATIONS)}")
+        parser.error(f"--only {args.only!r}: no such configuration; choose from {', '.join(CONFIGURATIONS)}")
     if args.preset != "tiny" and args.preset not in LLAMAGEN_PRESETS:
-        return _usage(f"--preset {args.preset}: unknown; choose tiny or one of {', '.join(LLAMAGEN_PRESETS)}")
+        parser.error(f"--preset {args.preset}: unknown; choose tiny or one of {', '.join(LLAMAGEN_PRESETS)}")
     if args.batch_size < 1:
-        return _usage(f"--batch-size {args.batch_size}: must be at least 1")
+        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     dtype = getattr(torch, args.dtype)
     failed = []
     print(f"{args.preset}, batch {args.batch_size}, {args.dtype}, guidance 4: decode steps compiled for sm_{CAPABILITY[0]}{CAPABILITY[1]} "

@@ -150,6 +150,7 @@ def sample_images(
     if isinstance(process_index, bool) or not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise SampleError(f"process_index {process_index!r} is outside [0, {num_processes}) processes")
     image_seed(seed, 0)  # checks the seed
+    compile = bool(compile)
     if compile and _is_iar2(pipe):
         raise SampleError("compile=True (--compile) applies to a MASCPipeline; an IAR2Pipeline's model has no compiled decode step, so drop it")
     num_classes = pipe.transformer.config.num_classes
@@ -162,7 +163,7 @@ def sample_images(
     if image_size_eval is not None:
         _check_positive_int("image_size_eval", image_size_eval)
         settings.update(generated_size=settings["image_size"], image_size=image_size_eval, resize="bicubic")
-    settings.update(batch_size=batch_size, num_processes=num_processes, compile=bool(compile))  # recorded, not required to match
+    settings.update(batch_size=batch_size, num_processes=num_processes, compile=compile)  # recorded, not required to match
 
     out_dir.mkdir(parents=True, exist_ok=True)
     new_run = _check_resume(out_dir, settings)
@@ -179,7 +180,7 @@ def sample_images(
     if _is_iar2(pipe):
         sampling.update({name: settings[name] for name in IAR2_GUIDANCE})
     else:
-        sampling.update(guidance_scale=settings["guidance_scale"], compile=bool(compile))
+        sampling.update(guidance_scale=settings["guidance_scale"], compile=compile)
     bar = tqdm(total=len(mine), initial=len(done), desc="sampling", unit="img", disable=not progress)
     for batch in batches:
         generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in batch]
