@@ -357,26 +357,46 @@ def test_compiled_cache_windows_give_the_same_tokens(tiny_model, gpt_generate):
         tiny_model.generate(labels, compile=True, cache_windows=9)
 
 
-@pytest.mark.parametrize("transposed", [False, True])
-def test_single_query_attention_equals_sdpa_over_a_cache_of_either_value_layout(transposed):
-    """The compiled CPU decode step's attention (two reductions) against SDPA, over what a cache returns."""
+@pytest.mark.parametrize("visible", [False, True])
+def test_single_query_attention_equals_sdpa_over_a_cache(visible):
+    """The compiled CPU decode step's attention (reductions) against SDPA, over what a cache returns:
+    the whole buffer under the mask, or (``visible_positions``) the written positions only."""
     from masc_hf.models.ar import StaticKVCache
     from masc_hf.models.ar.layers import single_query_attention
 
     generator = torch.Generator().manual_seed(0)
-    cache = StaticKVCache(2, 3, 4, 12, 16, torch.float32, torch.device("cpu"), values_transposed=transposed)
+    cache = StaticKVCache(2, 3, 4, 12, 16, torch.float32, torch.device("cpu"))
+    if visible:
+        cache.visible_positions = cache.positions[:7]
     written = torch.arange(7)
     keys, values = (torch.randn(3, 4, 7, 16, generator=generator) for _ in range(2))
     cache.update(0, written, torch.zeros_like(keys), torch.zeros_like(values))  # layer 0 stays apart
     layer_keys, layer_values = cache.update(1, written, keys, values)
-    assert layer_values.shape == (3, 4, 12, 16) and torch.equal(layer_values[:, :, :7], values) and torch.equal(layer_keys[:, :, :7], keys)
-    assert not cache.values[0].any() and (layer_values.stride(2) == 1) == transposed  # positions contiguous when transposed
+    assert layer_values.shape == (3, 4, 7 if visible else 12, 16) and cache.masked != visible
+    assert torch.equal(layer_values[:, :, :7], values) and torch.equal(layer_keys[:, :, :7], keys) and not cache.values[0].any()
     query = torch.randn(3, 4, 1, 16, generator=generator)
-    mask = cache.attention_mask(torch.tensor([6]))  # [1, 12]: positions 0..6
+    mask = None if visible else cache.attention_mask(torch.tensor([6]))  # [1, 12]: positions 0..6
     expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
     torch.testing.assert_close(single_query_attention(query, layer_keys, layer_values, mask), expected)
     compiled = torch.compile(single_query_attention, fullgraph=True, dynamic=False)
     torch.testing.assert_close(compiled(query, layer_keys, layer_values, mask), expected)
+
+
+def test_a_compiled_cpu_decode_step_is_one_graph_over_every_attention_length(tiny_model, gpt_generate):
+    """On CPU a compiled step attends to the written positions only, a length that grows with the step:
+    one graph serves all of them (no recompiling per step, nor at the last step); cache_windows=n
+    compiles its n static lengths instead. Both give the reference's greedy tokens."""
+    from torch._dynamo.utils import counters
+
+    model = LlamaGenForImageGeneration(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    labels = gpt_generate["class_labels"]
+    for windows, graphs in ((1, 1), (3, 3)):
+        before = counters["stats"]["unique_graphs"]
+        tokens = model.generate(labels, guidance_scale=4.0, top_k=1, compile=True, cache_windows=windows)
+        assert counters["stats"]["unique_graphs"] - before == graphs
+        assert torch.equal(tokens, gpt_generate["tokens_cfg_on"])
+    assert model._kept_cache.visible_positions is None and model._kept_cache.window is None  # whole again for the next call
 
 
 def test_compiled_generation_is_not_stopped_by_dynamos_recompile_limit(tiny_model):

@@ -23,15 +23,16 @@ class StaticKVCache:
     a step grows with the position instead of being ``max_len`` every time (shapes change, so a
     compiled step leaves it ``None``).
 
+    ``visible_positions``: set by a compiled CPU decoding loop to ``positions[:n]``, the ``n``
+    positions written so far, with that length marked dynamic (``torch._dynamo.mark_dynamic``).
+    Attention then reads those positions only, with no mask, as with ``visible``, and one compiled
+    graph serves every length. Keep ``n`` below ``max_len``: at ``max_len`` the slice is the whole
+    buffer, and the graph would specialise on that length (``generate`` allocates one spare position).
+
     ``window``: set by a compiled decoding loop to a static length covering the positions written so
     far. Attention then reads the first ``window`` positions under the mask instead of the whole
-    buffer; each distinct window is one compiled graph (``generate(compile=True, cache_windows=n)``).
-
-    ``values_transposed``: keep each layer's values as ``[rows, kv_heads, head_dim, max_len]``, so
-    that one query's weighted sum of values runs along contiguous positions (a compiled CPU decode
-    step then reads them at memory speed: :func:`~masc_hf.models.ar.layers.single_query_attention`).
-    :meth:`update` returns the same ``[rows, kv_heads, positions, head_dim]`` shape either way (a
-    transposed view); only the memory order differs.
+    buffer; each distinct window is one compiled graph (``generate(compile=True, cache_windows=n)``),
+    the form CUDA graphs need.
     """
 
     def __init__(
@@ -43,15 +44,13 @@ class StaticKVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
-        values_transposed: bool = False,
     ) -> None:
         shape = (rows, num_kv_heads, max_len, head_dim)
-        self.values_transposed = values_transposed
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        value_shape = (rows, num_kv_heads, head_dim, max_len) if values_transposed else shape
-        self.values = [torch.zeros(value_shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.positions = torch.arange(max_len, device=device)
         self.visible: int | None = None
+        self.visible_positions: torch.Tensor | None = None
         self.window: int | None = None
         if not torch.compiler.is_compiling():
             for tensor in (*self.keys, *self.values):
@@ -65,19 +64,24 @@ class StaticKVCache:
     def update(
         self, layer_idx: int, cache_position: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``[rows, kv_heads, S, head_dim]`` at ``cache_position`` ``[S]``; return the whole layer's buffers."""
+        """Write ``[rows, kv_heads, S, head_dim]`` at ``cache_position`` ``[S]``; return the layer's keys and
+        values: the whole buffers, or their first ``visible`` / ``len(visible_positions)`` / ``window`` positions."""
         layer_keys, layer_values = self.keys[layer_idx], self.values[layer_idx]
         layer_keys.index_copy_(2, cache_position, keys)
-        if self.values_transposed:
-            layer_values.index_copy_(3, cache_position, values.transpose(2, 3))
-            layer_values = layer_values.transpose(2, 3)
-        else:
-            layer_values.index_copy_(2, cache_position, values)
+        layer_values.index_copy_(2, cache_position, values)
         if self.visible is not None:
             return layer_keys[:, :, : self.visible], layer_values[:, :, : self.visible]
+        if self.visible_positions is not None:
+            visible = self.visible_positions.shape[0]
+            return layer_keys[:, :, :visible], layer_values[:, :, :visible]
         if self.window is not None:
             return layer_keys[:, :, : self.window], layer_values[:, :, : self.window]
         return layer_keys, layer_values
+
+    @property
+    def masked(self) -> bool:
+        """Whether attention needs :meth:`attention_mask`: not when it reads the written positions only."""
+        return self.visible is None and self.visible_positions is None
 
     def attention_mask(self, cache_position: torch.Tensor) -> torch.Tensor:
         """``[S, max_len]`` (``[S, window]``) bool: the query at ``cache_position[i]`` sees every position up to its own."""

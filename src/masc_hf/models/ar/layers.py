@@ -60,18 +60,24 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
-def single_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention of one query per row over a cache, written as two reductions for ``torch.compile``'s
-    CPU code: ``query`` ``[B, H, 1, D]``, ``key`` / ``value`` ``[B, H, L, D]``, ``mask`` ``[1, L]`` bool.
+def single_query_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query per row over a cache, written as reductions for ``torch.compile``'s CPU
+    code: ``query`` ``[B, H, 1, D]``, ``key`` / ``value`` ``[B, H, L, D]``, ``mask`` ``[1, L]`` bool, or
+    ``None`` when every position is visible (a compiled CPU step reads the written positions only,
+    at a length that changes with the step: :attr:`StaticKVCache.visible_positions`).
 
-    Inductor turns this into one loop nest per (row, head) that reads each key and value once, at
-    memory speed when the values lie along contiguous positions (``StaticKVCache(values_transposed=True)``);
-    the fused CPU SDPA kernel reads a decode step's cache at about half that speed, and the cache is
-    the bulk of a decode step's memory traffic at large batches (benchmarks/bench_generate.py --floor).
-    Float32 arithmetic, as SDPA's CPU kernel; the same result up to rounding."""
+    Inductor turns this into one loop nest per (row, head) that reads each key and value once; the
+    fused CPU SDPA kernel and two batched matmuls take 1.5-2x longer on a decode step's cache, the
+    bulk of its memory traffic at large batches (benchmarks/bench_generate.py --floor). The weights
+    are normalised once, after the weighted sum, not once per value read. Float32 arithmetic, as
+    SDPA's CPU kernel; the same result up to rounding."""
     scores = (query.float() * key.float()).sum(dim=-1) * query.shape[-1] ** -0.5  # [B, H, L]
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    output = (probs.unsqueeze(-2) * value.float().transpose(-1, -2)).sum(dim=-1)  # [B, H, D]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    output = (weights.unsqueeze(-1) * value.float()).sum(dim=-2) / weights.sum(dim=-1, keepdim=True)  # [B, H, D]
     return output.unsqueeze(2).to(value.dtype)
 
 
@@ -141,7 +147,7 @@ class Attention(nn.Module):
             first_key = probs[..., 0]
             probs = F.dropout(probs, self.attention_dropout, self.training)
             output = torch.matmul(probs.to(value.dtype), value)
-        elif length == 1 and attention_mask is not None and query.device.type == "cpu" and torch.compiler.is_compiling():
+        elif length == 1 and cache is not None and query.device.type == "cpu" and torch.compiler.is_compiling():
             output = single_query_attention(query, key, value, attention_mask)  # a compiled CPU decode step
         else:
             output = F.scaled_dot_product_attention(
@@ -168,7 +174,7 @@ def run_layers(
     sequence, or written to and attending over ``cache`` when one is given. With
     ``last_layer_first_key_attention`` also return the last layer's attention to key 0 ``[B, heads, S]``."""
     cos, sin = rotary_emb(positions)
-    mask = cache.attention_mask(positions) if cache is not None and cache.visible is None else None
+    mask = cache.attention_mask(positions) if cache is not None and cache.masked else None
     for n, layer in enumerate(layers):
         if last_layer_first_key_attention and n == len(layers) - 1:
             return layer(hidden_states, cos, sin, cache, positions, mask, return_first_key_attention=True)

@@ -346,13 +346,15 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
         call of that shape, as gpt-fast's ``setup_caches``: a compiled step (and its CUDA graphs) sees the
         same static addresses each time; stale entries are never read (the mask stops at the position)."""
         config = self.config
-        shape = (config.num_hidden_layers, rows, config.num_key_value_heads, config.cls_token_num + config.block_size - 1, config.head_dim)
+        # a compiled CPU step attends to the written positions only, a length that grows with the step; one spare position
+        # keeps it below the buffer's length, where the slice would be the whole buffer and the graph would specialise on it
+        spare = 1 if keep and torch.device(device).type == "cpu" else 0
+        length = config.cls_token_num + config.block_size - 1 + spare
+        shape = (config.num_hidden_layers, rows, config.num_key_value_heads, length, config.head_dim)
         cached = self.__dict__.get("_kept_cache")
         if keep and cached is not None and cached.shape == shape and cached.keys[0].dtype == self.dtype and cached.keys[0].device == torch.device(device):
             return cached
-        # a compiled CPU step attends by reductions, which read the values fastest along positions (single_query_attention)
-        transposed = keep and torch.device(device).type == "cpu"
-        cache = StaticKVCache(*shape[:3], shape[3], shape[4], self.dtype, device, values_transposed=transposed)
+        cache = StaticKVCache(*shape[:3], shape[3], shape[4], self.dtype, device)
         if keep:
             self.__dict__["_kept_cache"] = cache  # a plain attribute: not a buffer, never saved or moved with the model
         return cache
@@ -421,9 +423,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 of the whole cache. Each length compiles its own graph (and CUDA graph), so n costs n
                 compilations once, and saves reading up to about half the KV cache, the bulk of a
                 decode step's memory traffic at large batches. The tokens are the same as with 1.
-                Meant for CUDA: a compiled CPU step keeps the values along positions (it attends by
-                two reductions at about memory speed), and a prefix of each row costs about as much
-                to read as the whole row there, so only the keys' reads shrink (3-7% faster measured).
+                Meant for CUDA, whose graphs need static shapes. On CPU a compiled step with 1
+                already reads the written positions only (one graph, its attention length marked
+                dynamic); n > 1 compiles the n static lengths there too, as on a GPU.
             progress_bar: show a tqdm bar over the decode steps.
             callback: ``callback(step, tokens)`` after each token (``tokens`` ``[B, block_size]``, filled
                 up to column ``step``).
@@ -529,6 +531,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             positions = torch.arange(config.cls_token_num, config.cls_token_num + length - 1, device=device)
             max_len = cache.shape[3]
             windows = [-(-max_len * i // cache_windows) for i in range(1, cache_windows + 1)] if cache_windows > 1 else []
+            dynamic_length = compile and device.type == "cpu" and not windows
             for step in tqdm(range(length - 1), desc="generate", disable=not progress_bar, leave=False):
                 step_uniforms = None if uniforms is None else uniforms[:, step + 1]
                 args = (tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling)
@@ -538,6 +541,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                         refiner_cache.visible = step + 2
                 elif windows:  # the shortest static length covering the written positions and this one
                     cache.window = next(w for w in windows if w >= config.cls_token_num + step + 1)
+                elif dynamic_length:
+                    cache.visible_positions = cache.positions[: config.cls_token_num + step + 1]
+                    torch._dynamo.mark_dynamic(cache.visible_positions, 0, min=2, max=max_len - 1)
                 if refiner is None:
                     tokens[:, step + 1] = step_fn(*args)
                 else:
@@ -550,7 +556,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             self.train(was_training)
             limits.close()
             if cache is not None:
-                cache.window = None  # the kept cache serves the next call, perhaps with other windows
+                cache.window = cache.visible_positions = None  # the kept cache serves the next call, perhaps with other windows
         return returned
 
     def _check_refiner(self, refiner) -> None:
