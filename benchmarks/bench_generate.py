@@ -51,9 +51,10 @@ def build_model(preset: str, device: str, dtype: torch.dtype, num_clusters: int 
         cluster_map = build_cluster_map(np.random.default_rng(0).normal(size=(n, 8)), num_clusters, method="random", compute_quality=False)
         config = LlamaGenConfig(**{**config.to_dict(), "vocab_size": num_clusters, "fine_vocab_size": n, "cluster_map_fingerprint": cluster_map.fingerprint})
     torch.manual_seed(0)
-    model = LlamaGenForImageGeneration(config)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the reference zero-init would make sampling uniform
-    return model.to(device=device, dtype=dtype).eval(), cluster_map
+    with torch.device(device):  # made and initialised where it runs: seconds saved for the big presets on a GPU
+        model = LlamaGenForImageGeneration(config)
+        torch.nn.init.normal_(model.lm_head.weight, std=0.02)  # the reference zero-init would make sampling uniform
+    return model.to(dtype=dtype).eval(), cluster_map
 
 
 def build_refiner(model, cluster_map, width: int, device: str, dtype: torch.dtype):
@@ -107,7 +108,9 @@ def reference_generate(src, model, labels: torch.Tensor, guidance_scale: float, 
                      vocab_size=config.vocab_size, block_size=config.block_size, num_classes=config.num_classes,
                      class_dropout_prob=config.class_dropout_prob, cls_token_num=1, model_type="c2i")
     torch.manual_seed(0)
-    reference = Transformer(args).to(device=model.device, dtype=model.dtype).eval()
+    with torch.device(model.device):
+        reference = Transformer(args)
+    reference = reference.to(dtype=model.dtype).eval()
     torch.nn.init.normal_(reference.output.weight, std=0.02)
     assert sum(p.numel() for p in reference.parameters()) == model.num_parameters(), "the reference model has another size"
     return lambda: generate(reference, labels, config.block_size, cfg_scale=guidance_scale, cfg_interval=-1, temperature=1.0, top_k=top_k, top_p=1.0, sample_logits=True)
