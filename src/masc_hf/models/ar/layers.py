@@ -69,7 +69,7 @@ def single_query_attention(
     at a length that changes with the step: :attr:`StaticKVCache.visible_positions`).
 
     Inductor turns this into one loop nest per (row, head) that reads each key and value once; the
-    fused CPU SDPA kernel and two batched matmuls take 1.5-2x longer on a decode step's cache, the
+    fused CPU SDPA kernel and two batched matmuls took 1.2-2x longer here on a decode step's cache, the
     bulk of its memory traffic at large batches (benchmarks/bench_generate.py --floor). The weights
     are normalised once, after the weighted sum, not once per value read. Float32 arithmetic, as
     SDPA's CPU kernel; the same result up to rounding."""
