@@ -66,7 +66,7 @@ def single_query_attention(
     """Attention of one query per row over a cache, written as reductions for ``torch.compile``'s CPU
     code: ``query`` ``[B, H, 1, D]``, ``key`` / ``value`` ``[B, H, L, D]``, ``mask`` ``[1, L]`` bool, or
     ``None`` when every position is visible (a compiled CPU step reads the written positions only,
-    at a length that changes with the step: :attr:`StaticKVCache.visible_positions`).
+    at a length that changes with the step: :attr:`StaticKVCache.visible`).
 
     Inductor turns this into one loop nest per (row, head) that reads each key and value once; the
     fused CPU SDPA kernel and two batched matmuls took 1.2-2x longer here on a decode step's cache, the

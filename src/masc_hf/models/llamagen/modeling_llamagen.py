@@ -535,15 +535,14 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             for step in tqdm(range(length - 1), desc="generate", disable=not progress_bar, leave=False):
                 step_uniforms = None if uniforms is None else uniforms[:, step + 1]
                 args = (tokens[:, step], positions[step : step + 1], cache, scale_t, guide[step], step_uniforms, shared_generator, *sampling)
-                if eager:
+                if eager or dynamic_length:  # the written positions only
                     cache.visible = config.cls_token_num + step + 1
-                    if refiner_cache is not None:
+                    if dynamic_length:  # a compiled CPU step: one graph for every length
+                        torch._dynamo.mark_dynamic(cache.visible_positions, 0, min=2, max=max_len - 1)
+                    elif refiner_cache is not None:
                         refiner_cache.visible = step + 2
                 elif windows:  # the shortest static length covering the written positions and this one
                     cache.window = next(w for w in windows if w >= config.cls_token_num + step + 1)
-                elif dynamic_length:
-                    cache.visible_positions = cache.positions[: config.cls_token_num + step + 1]
-                    torch._dynamo.mark_dynamic(cache.visible_positions, 0, min=2, max=max_len - 1)
                 if refiner is None:
                     tokens[:, step + 1] = step_fn(*args)
                 else:
@@ -556,7 +555,7 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
             self.train(was_training)
             limits.close()
             if cache is not None:
-                cache.window = cache.visible_positions = None  # the kept cache serves the next call, perhaps with other windows
+                cache.window = cache.visible = None  # the kept cache serves the next call, perhaps with other windows
         return returned
 
     def _check_refiner(self, refiner) -> None:
