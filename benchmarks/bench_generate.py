@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import time
 
@@ -197,18 +198,19 @@ def run(args: argparse.Namespace, device: str) -> None:
         print(f"refiner: {refiner.num_parameters() / 1e6:.1f}M params (width {args.refiner_width}), k={cluster_map.num_clusters}")
         cluster_ids = eager()
         decode = lambda ids: cluster_map.decode(ids, generator=torch.Generator(device=device).manual_seed(0))  # noqa: E731
+        # each hierarchical run right after its cluster-ids run: the refiner's share is read from these pairs
         candidates = {
             "cluster ids, eager": eager,
+            "hierarchical, eager": lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner),
             "member decode alone": lambda: decode(cluster_ids),
             "random member, eager": lambda: decode(eager()),
-            "hierarchical, eager": lambda: model.generate(labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner),
         }
         if not args.no_compile:
             candidates["cluster ids, compiled"] = compiled
-            candidates["random member, compiled"] = lambda: decode(compiled())
             candidates["hierarchical, compiled"] = lambda: model.generate(
                 labels, guidance_scale=args.guidance_scale, top_k=args.top_k, refiner=refiner, compile=True
             )
+            candidates["random member, compiled"] = lambda: decode(compiled())
     if args.reference_src:
         candidates["LlamaGen reference"] = reference_generate(args.reference_src, model, labels, args.guidance_scale, args.top_k)
     if args.floor:
@@ -230,18 +232,20 @@ def run(args: argparse.Namespace, device: str) -> None:
                 continue
             if "compiled" in name:
                 print(f"{'(compiling the decode step':<26} {time.perf_counter() - start:.1f} s, once per model and batch shape)")
-    # Round robin: every method once per round, best of the rounds. A machine whose load changes during
-    # the run then slows every method alike, and the ratios stay meaningful.
-    results: dict[str, float] = {}
+    # Round robin: every method once per round, best of the rounds, every other round in reverse order
+    # (A B, B A: a drift in the machine's speed then slows every method alike, and the ratios stay meaningful).
+    rounds: dict[str, list[float]] = {name: [] for name in candidates}
     peaks: dict[str, float] = {}
     for round_index in range(args.repeats):
-        for name, fn in candidates.items():
+        order = list(candidates.items())
+        for name, fn in order[::-1] if round_index % 2 else order:
             if name == "no cache (baseline)" and round_index:  # quadratic in block_size: one run shows the gap
                 continue
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            results[name] = min(results.get(name, float("inf")), measure(fn, device, 1))
+            rounds[name].append(measure(fn, device, 1))
             peaks[name] = peak_memory_mib(device)
+    results = {name: min(times) for name, times in rounds.items()}
     for name, seconds in results.items():
         print(f"{name:<26}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peaks[name]:>10.0f}")
     reference = next(iter(results))
@@ -266,8 +270,14 @@ def run(args: argparse.Namespace, device: str) -> None:
         for mode in ("eager", "compiled"):
             if {f"hierarchical, {mode}", f"cluster ids, {mode}"} <= set(results):
                 member = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])
-                refine = 1 - results[f"cluster ids, {mode}"] / results[f"hierarchical, {mode}"]
-                summary.append(f"{mode}: random-member decode {100 * member:.2f}% of generation time (goal < 1%), refiner {100 * refine:.1f}% (goal < 10%)")
+                # the refiner's share is one minus a ratio of two close timings: read it from each round's
+                # adjacent pair and take the median, not from two bests that may come from different rounds
+                shares = [1 - plain / refined for plain, refined in zip(rounds[f"cluster ids, {mode}"], rounds[f"hierarchical, {mode}"])]
+                spread = f" (median of {len(shares)} paired rounds, {min(shares):.1%} to {max(shares):.1%})" if len(shares) > 1 else ""
+                summary.append(
+                    f"{mode}: random-member decode {100 * member:.2f}% of generation time (goal < 1%), "
+                    f"refiner {100 * statistics.median(shares):.1f}% (goal < 10%){spread}"
+                )
     if summary:
         print(f"batch {args.batch_size}: " + "; ".join(summary))
     if "LlamaGen reference" in results:  # one row of a table in the form of LlamaGen's serving README
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, then CUDA if available")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds; each times every method once, the best round is reported")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; each times every method once (every other round in reverse order); the best round is reported, and --refiner's share is the median over rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-cache baseline (slow for big presets)")
     parser.add_argument("--reference-src", help="a LlamaGen checkout: time its generate on the same model sizes, in the same run")

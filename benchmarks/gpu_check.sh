@@ -80,8 +80,8 @@ for preset in ${PRESETS#"$first_preset"}; do
   gen "$preset" 150
 done
 # 4. the decode's shares: a random member per cluster id, and hierarchical decoding by the refiner
-run "refiner_$first_preset" 120 "$PY" benchmarks/bench_generate.py --preset "$first_preset" --batch-size "$BATCH" --device "$DEVICE" \
-  --dtype "$DTYPE" --guidance-scale 4.0 --no-baseline --repeats 1 --refiner
+run "refiner_$first_preset" 150 "$PY" benchmarks/bench_generate.py --preset "$first_preset" --batch-size "$BATCH" --device "$DEVICE" \
+  --dtype "$DTYPE" --guidance-scale 4.0 --no-baseline --repeats 3 --refiner
 
 {
   echo "| check | result |"
