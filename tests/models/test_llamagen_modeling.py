@@ -357,24 +357,26 @@ def test_compiled_cache_windows_give_the_same_tokens(tiny_model, gpt_generate):
         tiny_model.generate(labels, compile=True, cache_windows=9)
 
 
+@pytest.mark.parametrize("head_dim", [16, 40])
 @pytest.mark.parametrize("visible", [False, True])
-def test_single_query_attention_equals_sdpa_over_a_cache(visible):
+def test_single_query_attention_equals_sdpa_over_a_cache(visible, head_dim):
     """The compiled CPU decode step's attention (reductions) against SDPA, over what a cache returns:
-    the whole buffer under the mask, or (``visible_positions``) the written positions only."""
+    the whole buffer under the mask, or (``visible_positions``) the written positions only; one
+    16-feature chunk of the values, or three with a shorter last one (head_dim 40)."""
     from masc_hf.models.ar import StaticKVCache
     from masc_hf.models.ar.layers import single_query_attention
 
     generator = torch.Generator().manual_seed(0)
-    cache = StaticKVCache(2, 3, 4, 12, 16, torch.float32, torch.device("cpu"))
+    cache = StaticKVCache(2, 3, 4, 12, head_dim, torch.float32, torch.device("cpu"))
     if visible:
         cache.visible_positions = cache.positions[:7]
     written = torch.arange(7)
-    keys, values = (torch.randn(3, 4, 7, 16, generator=generator) for _ in range(2))
+    keys, values = (torch.randn(3, 4, 7, head_dim, generator=generator) for _ in range(2))
     cache.update(0, written, torch.zeros_like(keys), torch.zeros_like(values))  # layer 0 stays apart
     layer_keys, layer_values = cache.update(1, written, keys, values)
-    assert layer_values.shape == (3, 4, 7 if visible else 12, 16) and cache.masked != visible
+    assert layer_values.shape == (3, 4, 7 if visible else 12, head_dim) and cache.masked != visible
     assert torch.equal(layer_values[:, :, :7], values) and torch.equal(layer_keys[:, :, :7], keys) and not cache.values[0].any()
-    query = torch.randn(3, 4, 1, 16, generator=generator)
+    query = torch.randn(3, 4, 1, head_dim, generator=generator)
     mask = None if visible else cache.attention_mask(torch.tensor([6]))  # [1, 12]: positions 0..6
     expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values)
     torch.testing.assert_close(single_query_attention(query, layer_keys, layer_values, mask), expected)
