@@ -28,6 +28,17 @@ def test_generation_benchmark_prints_the_floors_and_the_decode_shares():
     assert shares and 0 <= float(shares[1]) < 100 and 0 < float(shares[2]) < 100, out
 
 
+def test_the_refiners_share_is_the_median_of_paired_rounds():
+    """With several rounds the refiner's share is read from each round's pair of runs (cluster ids, then
+    hierarchical) and printed as their median, with the range over the rounds around it."""
+    out = run_script("bench_generate.py", "--batch-size", "2", "--threads", "2", "--no-compile", "--no-baseline", "--repeats", "3",
+                     "--refiner", "--refiner-width", "64", "--refiner-clusters", "4096")
+    shares = re.search(r"refiner (-?\d+\.\d)% \(goal < 10%\) \(median of 3 paired rounds, (-?\d+\.\d)% to (-?\d+\.\d)%\)", out)
+    assert shares, out
+    median, low, high = (float(x) for x in shares.groups())
+    assert low - 0.05 <= median <= high + 0.05 and high > 0, out
+
+
 def test_training_benchmark_runs_ours_under_autocast():
     out = run_script("bench_train.py", "--preset", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--autocast", "bfloat16")
     assert "float32 weights, bfloat16 autocast" in out
