@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -160,6 +161,14 @@ def kv_read_floor(model, batch_size: int, guidance_scale: float):
     return run
 
 
+class _Stopped(BaseException):
+    """SIGTERM arrived (``timeout`` in gpu_check.sh): stop timing, print the figures measured so far."""
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
 def measure(fn, device: str, repeats: int) -> float:
     """Best wall time of ``repeats`` calls, in seconds."""
     best = float("inf")
@@ -221,31 +230,43 @@ def run(args: argparse.Namespace, device: str) -> None:
     if not args.no_baseline:
         candidates["no cache (baseline)"] = lambda: generate_without_cache(model, labels, args.guidance_scale)
     print(f"{'method':<26}{'images/s':>10}{'tokens/s':>12}{'s/batch':>10}{'peak MiB':>10}")
-    for name, fn in list(candidates.items()):
-        if name != "no cache (baseline)":
-            start = time.perf_counter()
-            try:
-                fn()  # warm-up (allocator, kernels; the compiled step compiles here); the baseline reuses the eager kernels
-            except Exception as error:  # noqa: BLE001 - one method failing (say, a compiler error) must not hide the others' figures
-                print(f"{name}: FAILED, left out: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
-                del candidates[name]
-                continue
-            if "compiled" in name:
-                print(f"{'(compiling the decode step':<26} {time.perf_counter() - start:.1f} s, once per model and batch shape)")
-    # Round robin: every method once per round, best of the rounds, every other round in reverse order
-    # (A B, B A: a drift in the machine's speed then slows every method alike, and the ratios stay meaningful).
-    rounds: dict[str, list[float]] = {name: [] for name in candidates}
+    rounds: dict[str, list[float]] = {}
     peaks: dict[str, float] = {}
-    for round_index in range(args.repeats):
-        order = list(candidates.items())
-        for name, fn in order[::-1] if round_index % 2 else order:
-            if name == "no cache (baseline)" and round_index:  # quadratic in block_size: one run shows the gap
-                continue
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
-            rounds[name].append(measure(fn, device, 1))
-            peaks[name] = peak_memory_mib(device)
+    previous_handler = signal.signal(signal.SIGTERM, _stop)  # a time-boxed run (gpu_check.sh) still prints what it measured
+    try:
+        for name, fn in list(candidates.items()):
+            if name != "no cache (baseline)":
+                start = time.perf_counter()
+                try:
+                    fn()  # warm-up (allocator, kernels; the compiled step compiles here); the baseline reuses the eager kernels
+                except Exception as error:  # noqa: BLE001 - one method failing (say, a compiler error) must not hide the others' figures
+                    print(f"{name}: FAILED, left out: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
+                    del candidates[name]
+                    continue
+                if "compiled" in name:
+                    print(f"{'(compiling the decode step':<26} {time.perf_counter() - start:.1f} s, once per model and batch shape)")
+        # Round robin: every method once per round, best of the rounds, every other round in reverse order
+        # (A B, B A: a drift in the machine's speed then slows every method alike, and the ratios stay meaningful).
+        for round_index in range(args.repeats):
+            order = list(candidates.items())
+            for name, fn in order[::-1] if round_index % 2 else order:
+                if name == "no cache (baseline)" and round_index:  # quadratic in block_size: one run shows the gap
+                    continue
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                seconds = measure(fn, device, 1)
+                rounds.setdefault(name, []).append(seconds)
+                peaks[name] = peak_memory_mib(device)
+            print(f"round {round_index + 1} of {args.repeats} timed", file=sys.stderr, flush=True)
+    except _Stopped:
+        done = max((len(times) for times in rounds.values()), default=0)
+        print(f"(stopped by SIGTERM: the figures below come from {done} round(s), the last one perhaps cut short)")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     results = {name: min(times) for name, times in rounds.items()}
+    if not results:
+        print("no method was timed")
+        return
     for name, seconds in results.items():
         print(f"{name:<26}{args.batch_size / seconds:>10.2f}{tokens_per_run / seconds:>12.0f}{seconds:>10.3f}{peaks[name]:>10.0f}")
     reference = next(iter(results))
@@ -258,7 +279,7 @@ def run(args: argparse.Namespace, device: str) -> None:
         summary.append(f"ours ({ours}) vs the LlamaGen reference: {results['LlamaGen reference'] / results[ours]:.2f}x images/s")
     if "linear layers (floor)" in results:
         summary.append(f"time / linear-layer floor: {results[ours] / results['linear layers (floor)']:.2f}x (goal <= 1.25x)")
-    if "KV cache reads" in results:
+    if {"linear layers (floor)", "KV cache reads"} <= set(results):
         memory_floor = results["linear layers (floor)"] + results["KV cache reads"]
         summary.append(f"time / (linear layers + KV cache reads): {results[ours] / memory_floor:.2f}x")
     if "packed linear layers" in results:  # what generate's CPU linear layers run on: the stricter floors
@@ -268,7 +289,7 @@ def run(args: argparse.Namespace, device: str) -> None:
             summary.append(f"time / (packed linear layers + KV cache reads): {results[ours] / packed_floor:.2f}x")
     if args.refiner:  # the decode's shares of generation time (goals: < 1% and < 10%), for each decode step timed
         for mode in ("eager", "compiled"):
-            if {f"hierarchical, {mode}", f"cluster ids, {mode}"} <= set(results):
+            if {f"hierarchical, {mode}", f"cluster ids, {mode}", "member decode alone"} <= set(results):
                 member = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])
                 # the refiner's share is one minus a ratio of two close timings: read it from each round's
                 # adjacent pair and take the median, not from two bests that may come from different rounds

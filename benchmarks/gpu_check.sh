@@ -4,7 +4,8 @@
 # compiled with CUDA graphs) for GPT-B/L/XL at batch 64 against the LlamaGen reference, the random-member
 # and refiner shares of generation time, and a training step (bf16 autocast, fused AdamW, flash SDPA)
 # against the reference, each against its baseline in the same run. Prints one table at the end and
-# writes every log under ${RESULTS:-results/gpu}.
+# writes every log under ${RESULTS:-results/gpu}. A generation check cut by its time limit (SIGTERM) still prints the figures
+# of the rounds it finished (exit 124 in the console).
 #
 #   bash benchmarks/gpu_check.sh                                   # from the repository root
 #   LLAMAGEN_SRC=/path/to/LlamaGen bash benchmarks/gpu_check.sh    # the reference checkout (default: .ref/llamagen if present)

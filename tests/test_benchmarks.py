@@ -2,6 +2,7 @@
 CPU; the scripts' timings are not checked here: speed goals are ratios the scripts print)."""
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,26 @@ def test_the_refiners_share_is_the_median_of_paired_rounds():
     assert shares, out
     median, low, high = (float(x) for x in shares.groups())
     assert low - 0.05 <= median <= high + 0.05 and high > 0, out
+
+
+def test_a_stopped_generation_benchmark_prints_what_it_measured():
+    """SIGTERM (gpu_check.sh's time limit) stops the rounds; the figures of the runs done are printed."""
+    process = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "bench_generate.py"), "--batch-size", "2", "--threads", "2", "--no-compile", "--no-baseline",
+         "--repeats", "1000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in process.stderr:  # the first round is timed: stop the benchmark there
+            if line.startswith("round 1 of 1000 timed"):
+                process.send_signal(signal.SIGTERM)
+                break
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert re.search(r"stopped by SIGTERM: the figures below come from \d+ round\(s\)", out), out
+    assert re.search(r"^static cache, eager\s+\d+\.\d\d\s+\d+\s+\d+\.\d{3}", out, re.M), out
 
 
 def test_training_benchmark_runs_ours_under_autocast():
