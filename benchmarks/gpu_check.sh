@@ -5,7 +5,7 @@
 # and refiner shares of generation time, and a training step (bf16 autocast, fused AdamW, flash SDPA)
 # against the reference, each against its baseline in the same run. Prints one table at the end and
 # writes every log under ${RESULTS:-results/gpu}. A generation check cut by its time limit (SIGTERM) still prints the figures
-# of the rounds it finished (exit 124 in the console).
+# of the rounds it finished (exit 124 in the console); 15 s later, a check still running is killed.
 #
 #   bash benchmarks/gpu_check.sh                                   # from the repository root
 #   LLAMAGEN_SRC=/path/to/LlamaGen bash benchmarks/gpu_check.sh    # the reference checkout (default: .ref/llamagen if present)
@@ -54,7 +54,7 @@ run() {  # name, timeout in seconds, command...
   [ $left -lt "$limit" ] && limit=$left
   echo "== $name ($(date +%T), at most ${limit} s)"
   local start=$SECONDS
-  timeout "$limit" "$@" >"$RESULTS/$name.txt" 2>"$RESULTS/$name.err"
+  timeout -k 15 "$limit" "$@" >"$RESULTS/$name.txt" 2>"$RESULTS/$name.err"
   local code=$?
   echo "   exit $code after $((SECONDS - start)) s: $(tail -n 1 "$RESULTS/$name.txt")"
   [ $code -ne 0 ] && tail -n 5 "$RESULTS/$name.err" | sed 's/^/   ! /'
