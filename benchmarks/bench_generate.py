@@ -169,18 +169,15 @@ def _stop(signum, frame):
     raise _Stopped
 
 
-def measure(fn, device: str, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+def measure(fn, device: str) -> float:
+    """Wall time of one call of ``fn``, in seconds (on CUDA, up to the end of its kernels)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace, device: str) -> None:
@@ -254,7 +251,7 @@ def run(args: argparse.Namespace, device: str) -> None:
                     continue
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                seconds = measure(fn, device, 1)
+                seconds = measure(fn, device)
                 rounds.setdefault(name, []).append(seconds)
                 peaks[name] = peak_memory_mib(device)
             print(f"round {round_index + 1} of {args.repeats} timed", file=sys.stderr, flush=True)
@@ -289,16 +286,16 @@ def run(args: argparse.Namespace, device: str) -> None:
             summary.append(f"time / (packed linear layers + KV cache reads): {results[ours] / packed_floor:.2f}x")
     if args.refiner:  # the decode's shares of generation time (goals: < 1% and < 10%), for each decode step timed
         for mode in ("eager", "compiled"):
-            if {f"hierarchical, {mode}", f"cluster ids, {mode}", "member decode alone"} <= set(results):
-                member = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])
+            if {f"hierarchical, {mode}", f"cluster ids, {mode}"} <= set(results):
+                member = ""  # the member decode runs after the pair: a run stopped by SIGTERM may not have timed it
+                if "member decode alone" in results:
+                    share = results["member decode alone"] / (results[f"cluster ids, {mode}"] + results["member decode alone"])
+                    member = f"random-member decode {100 * share:.2f}% of generation time (goal < 1%), "
                 # the refiner's share is one minus a ratio of two close timings: read it from each round's
                 # adjacent pair and take the median, not from two bests that may come from different rounds
                 shares = [1 - plain / refined for plain, refined in zip(rounds[f"cluster ids, {mode}"], rounds[f"hierarchical, {mode}"])]
                 spread = f" (median of {len(shares)} paired rounds, {min(shares):.1%} to {max(shares):.1%})" if len(shares) > 1 else ""
-                summary.append(
-                    f"{mode}: random-member decode {100 * member:.2f}% of generation time (goal < 1%), "
-                    f"refiner {100 * statistics.median(shares):.1f}% (goal < 10%){spread}"
-                )
+                summary.append(f"{mode}: {member}refiner {100 * statistics.median(shares):.1f}% (goal < 10%){spread}")
     if summary:
         print(f"batch {args.batch_size}: " + "; ".join(summary))
     if "LlamaGen reference" in results:  # one row of a table in the form of LlamaGen's serving README
