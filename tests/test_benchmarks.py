@@ -60,6 +60,15 @@ def test_a_stopped_generation_benchmark_prints_what_it_measured():
     assert re.search(r"^static cache, eager\s+\d+\.\d\d\s+\d+\s+\d+\.\d{3}", out, re.M), out
 
 
+def test_the_draw_benchmark_times_both_draws_per_batch():
+    out = run_script("bench_draw.py", "--vocab", "512", "--batch-sizes", "2", "5", "--steps", "20", "--repeats", "1")
+    rows = re.findall(r"^\s+(\d+)\s+(\d+\.\d{3})\s+(\d+\.\d{3})\s+(\d+\.\d)x$", out, flags=re.M)
+    assert [int(row[0]) for row in rows] == [2, 5], out
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows), out
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_draw.py"), "--members", "600", "--vocab", "512"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--members 600 must lie in 1..--vocab (512)" in result.stderr
+
+
 def test_training_benchmark_runs_ours_under_autocast():
     out = run_script("bench_train.py", "--preset", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--autocast", "bfloat16")
     assert "float32 weights, bfloat16 autocast" in out

@@ -312,6 +312,36 @@ def test_hierarchical_generate_refines_the_random_paths_cluster_ids(masc_model, 
     assert torch.equal(greedy, masc_model.generate([1, 2], top_k=1, temperature=0, refiner=trained_looking_refiner))
 
 
+def test_with_one_generator_eager_steps_draw_the_refiners_token_from_one_uniform_per_image(masc_model, tiny_cluster_map, trained_looking_refiner):
+    """torch.multinomial would draw an exponential for each of the N codebook ids (serially on CPU) to
+    pick among a cluster's few members: the eager step draws one uniform per image instead. The picks
+    follow the refiner's probabilities inside the cluster, and the generator moves on by one double
+    per image; seeded generations repeat."""
+    from masc_hf.models.llamagen import LlamaGenForImageGeneration
+
+    refiner, rows = trained_looking_refiner, 4000
+    cluster = int(np.argmax(np.bincount(tiny_cluster_map.mapping)))  # the largest cluster
+    hidden = torch.randn(1, refiner.config.backbone_hidden_size, generator=torch.Generator().manual_seed(0)).expand(rows, -1)
+    coarse, start = torch.full((rows,), cluster), torch.full((rows,), refiner.config.start_token_id)
+    position = torch.zeros(1, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        probs = refiner.refine_step(hidden[:1], coarse[:1], start[:1], refiner.new_cache(1), position).softmax(-1)[0].double()
+        picks = LlamaGenForImageGeneration._refine(refiner, hidden, coarse, start, refiner.new_cache(rows), position, 1.0, generator, None)
+    members = torch.as_tensor(tiny_cluster_map.members(cluster))
+    assert len(members) >= 3 and bool(torch.isin(picks, members).all())
+    frequency = torch.bincount(picks, minlength=tiny_cluster_map.num_tokens)[members].double() / rows
+    p = probs[members]
+    assert bool(((frequency - p).abs() <= 4 * (p * (1 - p) / rows).sqrt() + 1e-3).all()), (frequency, p)
+    expected = torch.Generator().manual_seed(0)
+    torch.rand(rows, generator=expected, dtype=torch.float64)
+    assert torch.equal(generator.get_state(), expected.get_state())
+
+    seeded = lambda seed: masc_model.generate([1, 2, 3], guidance_scale=3.0, generator=torch.Generator().manual_seed(seed), refiner=refiner)  # noqa: E731
+    first = seeded(7)
+    assert torch.equal(first, seeded(7)) and not torch.equal(first, seeded(8))
+
+
 def test_hierarchical_generate_packs_the_refiners_head_only_when_its_steps_run_it(masc_model, tiny_cluster_map, trained_looking_refiner, monkeypatch):
     """On CPU the refiner's steps score the members' rows of its head (no full head: not packed); with
     so many images that the members outnumber N they run the whole head (packed). The ids are those

@@ -329,9 +329,14 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
     @staticmethod
     def _refine(refiner, hidden, coarse, previous_fine, cache, position, temperature, generator, uniforms) -> torch.Tensor:
         """Hierarchical decoding: the refiner's pick inside each predicted cluster ``[B]``, from the
-        conditional rows' final states (the refiner is not guided)."""
+        conditional rows' final states (the refiner is not guided). Without ``uniforms`` the draw is the
+        inverse CDF at one uniform per image from ``generator``: ``torch.multinomial`` would draw an
+        exponential for each of the N codebook ids, serially on CPU, for the few members that count."""
         logits = refiner.refine_step(hidden, coarse, previous_fine, cache, position)
-        return sample_next_token(logits, temperature, 0, 1.0, generator, uniforms)
+        if uniforms is None and temperature != 0:  # eager steps with one generator (a compiled step gets its uniforms)
+            source = generator.device if generator is not None else logits.device
+            uniforms = torch.rand(coarse.shape[0], generator=generator, device=source, dtype=torch.float64).to(logits.device)
+        return sample_next_token(logits, temperature, 0, 1.0, None, uniforms)
 
     def compiled_decode_step(self) -> Callable:
         """``_decode_step`` under ``torch.compile(fullgraph=True)`` (mode ``reduce-overhead`` on CUDA:
@@ -435,7 +440,9 @@ class LlamaGenForImageGeneration(ClassConditioning, LlamaGenPreTrainedModel):
                 ``generate`` returns those codebook ids. Per-image generators then give each image
                 ``2 * block_size`` uniforms: the first ``block_size`` for the cluster ids (so the
                 cluster ids are those of random-member decoding with the same seeds), the rest for
-                the tokens.
+                the tokens. With one generator, eager steps draw the cluster id with
+                ``torch.multinomial`` and the token by inverse CDF at one uniform per image from that
+                generator (``torch.multinomial`` would draw an exponential per codebook id).
 
         Returns:
             ``[B, block_size]`` LongTensor of the model's own ids (cluster ids for a MASC model; the
