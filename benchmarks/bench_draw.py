@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if not 1 <= args.members <= args.vocab:
-        parser.exit(2, f"bench_draw.py: error: --members {args.members} must lie in 1..--vocab ({args.vocab})\n")
+        parser.exit(2, f"{parser.prog}: error: --members {args.members} must lie in 1..--vocab ({args.vocab})\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
